@@ -1,0 +1,385 @@
+"""Experiment configuration: one typed object per experiment, saved beside its outputs.
+
+Units are in the field names (``_arcsec``, ``_mag``, ``_nmgy``). Angles on the sky are arcsec,
+position angles radians counter-clockwise from +x (see ../shared/DESIGN.md §2). Defaults of
+:class:`InjectionPriors` are the realistic priors of DESIGN.md §3.
+
+Load with :func:`from_yaml` (safe loading, every problem reported at once, each naming its
+dotted field path and the file), save with :func:`to_yaml`; a config survives the round trip
+unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import os
+import secrets
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+
+from dhs_spark.config.typed import build, to_plain
+from dhs_spark.errors import ConfigError, ConfigErrors
+
+BANDS = ("g", "r", "z")  # the one band order used everywhere
+
+
+@dataclass
+class SeedConfig:
+    """Seeds. Every per-stamp random quantity derives from ``global_seed`` and the stamp's
+    identity (:func:`dhs_spark.config.seeds.task_seed`), never from a partition index."""
+
+    global_seed: int = 42
+    torch_deterministic: bool = True
+
+
+@dataclass
+class DataVariantConfig:
+    """A data-generation variant (Gen1..Gen6): how stamps are simulated.
+
+    ``source_mode``: 'parametric' (Sersic) or 'cosmos' (real HST galaxies from
+    ``cosmos_library_path``). ``psf_model``: 'gaussian', 'moffat' (needs ``moffat_beta``) or
+    'pixel' (a survey PSF image). ``theta_e_range`` is the Einstein-radius prior in arcsec.
+    """
+
+    variant_name: str = "v4_sota"
+    description: str = ""
+    parent_variant: Optional[str] = None
+    changes_from_parent: str = ""
+    deprecated: bool = False
+    phase3_parent_sample: str = "v3_color_relaxed"
+    phase4a_manifest: str = "phase4a_manifest"
+    phase4c_stamps: str = "phase4c_stamps"
+    psf_model: Literal["gaussian", "moffat", "pixel"] = "gaussian"
+    moffat_beta: Optional[float] = None
+    source_mode: Literal["parametric", "cosmos"] = "parametric"
+    cosmos_library_path: Optional[str] = None
+    cosmos_loader_mode: Literal["hdf5", "galsim", "synthetic"] = "hdf5"
+    theta_e_range: tuple[float, float] = (0.5, 3.0)
+    control_type: Literal["paired", "unpaired"] = "unpaired"
+    control_fraction: float = 0.5
+    bands: list[str] = field(default_factory=lambda: list(BANDS))
+    stamp_size: int = 64
+    pixel_scale_arcsec: float = 0.262
+    oversample: int = 4
+    add_arc_poisson_noise: bool = True
+    n_replicates: int = 1
+    split_fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
+    healpix_nside: int = 128
+
+
+@dataclass
+class InjectionPriors:
+    """Priors of injected lenses and sources (DESIGN.md §3 defaults).
+
+    Ranges are uniform [lo, hi]. ``beta_frac_sq_range``: beta/theta_E = sqrt(U(lo, hi)), so
+    most injections are arcs. Colours are observed AB colours, Gaussian (mean, sigma).
+    Shear components are N(0, ``shear_sigma``). Position angles are uniform in [0, pi).
+    """
+
+    source_r_mag_range: tuple[float, float] = (23.0, 26.0)
+    beta_frac_sq_range: tuple[float, float] = (0.01, 0.16)
+    source_r_eff_arcsec_range: tuple[float, float] = (0.15, 0.5)
+    source_sersic_n_range: tuple[float, float] = (0.5, 2.0)
+    source_q_range: tuple[float, float] = (0.5, 1.0)
+    color_g_r_mean: float = 1.15
+    color_g_r_sigma: float = 0.30
+    color_r_z_mean: float = 0.85
+    color_r_z_sigma: float = 0.20
+    lens_q_range: tuple[float, float] = (0.5, 1.0)
+    shear_sigma: float = 0.05
+
+
+@dataclass
+class ModelConfig:
+    """CNN: 'resnet_small' (CPU tests) or 'resnet18' (GPU). ``width`` = first-stage channels."""
+
+    architecture: Literal["resnet_small", "resnet18"] = "resnet_small"
+    width: int = 16
+    blocks_per_stage: list[int] = field(default_factory=lambda: [1, 1, 1])
+    in_channels: int = 3
+    dropout: float = 0.0
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation and preprocessing of the trainer (``trainer/``)."""
+
+    epochs: int = 50
+    batch_size: int = 128
+    learning_rate: float = 3e-4
+    weight_decay: float = 1e-4
+    scheduler: Literal["cosine", "none"] = "cosine"
+    warmup_epochs: int = 1
+    loss: Literal["bce", "focal"] = "bce"
+    focal_gamma: float = 2.0
+    early_stopping_patience: int = 5
+    early_stopping_metric: str = "val_auroc"
+    num_workers: int = 0
+    amp: bool = True
+    clip_sigma: float = 20.0
+    subtract_radial_profile: bool = False
+    augment: bool = True
+    device: str = "auto"
+
+
+@dataclass
+class HardNegativeConfig:
+    """Real hard negatives (seed stage 3). Weights multiply the sample loss."""
+
+    enabled: bool = False
+    hard_neg_path: Optional[str] = None
+    hard_neg_weight: float = 5.0
+    min_score_threshold: float = 0.8
+    top_k_per_source: int = 5000
+    exclusion_radius_arcsec: float = 5.0
+    dedup_radius_arcsec: float = 2.0
+    match_radius_arcsec: float = 1.0
+    weight_model_fp: float = 3.0
+    weight_ring: float = 2.0
+    weight_merger: float = 1.5
+
+
+@dataclass
+class EvaluationConfig:
+    """Anchor gate thresholds (seed: recovery 0.70, contamination 0.15, separation 0.4,
+    AUROC 0.8), the score threshold they use, and the shortcut-gate AUC ceiling."""
+
+    score_threshold: float = 0.5
+    anchor_min_recovery: float = 0.70
+    anchor_max_contamination: float = 0.15
+    anchor_min_separation: float = 0.4
+    anchor_min_auroc: float = 0.8
+    core_auc_max: float = 0.70
+    fpr_targets: list[float] = field(default_factory=lambda: [1e-2, 1e-3, 1e-4])
+    n_bootstrap: int = 1000
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment: what data, which model, how trained and judged, and where it goes."""
+
+    experiment_name: str = "experiment"
+    experiment_id: str = ""
+    generation: str = ""
+    description: str = ""
+    output_dir: Optional[str] = None
+    created_at: str = ""
+    git_commit: Optional[str] = None
+    git_branch: Optional[str] = None
+    git_dirty: Optional[bool] = None
+    seeds: SeedConfig = field(default_factory=SeedConfig)
+    data: DataVariantConfig = field(default_factory=DataVariantConfig)
+    priors: InjectionPriors = field(default_factory=InjectionPriors)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    hard_negatives: HardNegativeConfig = field(default_factory=HardNegativeConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+    def to_dict(self) -> dict:
+        return to_plain(self)
+
+    def to_yaml(self, path: str | os.PathLike) -> None:
+        to_yaml(self, path)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> "ExperimentConfig":
+        return from_yaml(path)
+
+
+def _range_ok(errors, path, rng, file, positive=False, unit_interval=False):
+    if rng is None or not isinstance(rng, tuple) or len(rng) != 2:
+        return
+    lo, hi = rng
+    if not all(isinstance(v, (int, float)) for v in rng):
+        return
+    if not lo < hi:
+        errors.append(ConfigError(path, "must be increasing [low, high]", list(rng), file))
+    if positive and lo <= 0:
+        errors.append(ConfigError(path, "must be positive", list(rng), file))
+    if unit_interval and not (0 <= lo and hi <= 1):
+        errors.append(ConfigError(path, "must lie in [0, 1]", list(rng), file))
+
+
+def _fraction_ok(errors, path, value, file):
+    if isinstance(value, (int, float)) and not 0.0 <= value <= 1.0:
+        errors.append(ConfigError(path, "must lie in [0, 1]", value, file))
+
+
+def validate(cfg: ExperimentConfig, file: str | None = None) -> list[ConfigError]:
+    """Cross-field and range rules; returns every problem (an empty list when valid)."""
+    errors: list[ConfigError] = []
+    d, p, h, e = cfg.data, cfg.priors, cfg.hard_negatives, cfg.evaluation
+    if not cfg.output_dir:
+        errors.append(ConfigError("output_dir", "must be set", cfg.output_dir, file))
+    if d.psf_model == "moffat" and d.moffat_beta is None:
+        errors.append(ConfigError("data.moffat_beta", "must be set when data.psf_model is 'moffat'", None, file))
+    if d.moffat_beta is not None and isinstance(d.moffat_beta, float) and d.moffat_beta <= 1.0:
+        errors.append(ConfigError("data.moffat_beta", "must be > 1 (a Moffat with beta <= 1 has infinite flux)", d.moffat_beta, file))
+    if d.source_mode == "cosmos" and not d.cosmos_library_path and d.cosmos_loader_mode != "synthetic":
+        errors.append(ConfigError("data.cosmos_library_path", "must be set when data.source_mode is 'cosmos'", None, file))
+    if h.enabled and not h.hard_neg_path:
+        errors.append(ConfigError("hard_negatives.hard_neg_path", "must be set when hard_negatives.enabled is true", None, file))
+    _range_ok(errors, "data.theta_e_range", d.theta_e_range, file, positive=True)
+    if isinstance(d.stamp_size, int) and (d.stamp_size < 32 or d.stamp_size % 2):
+        errors.append(ConfigError("data.stamp_size", "must be even and >= 32", d.stamp_size, file))
+    if isinstance(d.oversample, int) and d.oversample < 1:
+        errors.append(ConfigError("data.oversample", "must be >= 1", d.oversample, file))
+    if isinstance(d.pixel_scale_arcsec, float) and d.pixel_scale_arcsec <= 0:
+        errors.append(ConfigError("data.pixel_scale_arcsec", "must be positive", d.pixel_scale_arcsec, file))
+    if isinstance(d.bands, list):
+        if not d.bands or any(b not in BANDS for b in d.bands) or d.bands != [b for b in BANDS if b in d.bands]:
+            errors.append(ConfigError("data.bands", "must be a non-empty subset of g, r, z in that order", d.bands, file))
+    _fraction_ok(errors, "data.control_fraction", d.control_fraction, file)
+    if isinstance(d.split_fractions, dict):
+        for name, frac in d.split_fractions.items():
+            _fraction_ok(errors, f"data.split_fractions.{name}", frac, file)
+        total = sum(v for v in d.split_fractions.values() if isinstance(v, (int, float)))
+        if abs(total - 1.0) > 1e-6:
+            errors.append(ConfigError("data.split_fractions", "must sum to 1", d.split_fractions, file))
+    if isinstance(d.healpix_nside, int) and (d.healpix_nside < 1 or d.healpix_nside & (d.healpix_nside - 1)):
+        errors.append(ConfigError("data.healpix_nside", "must be a power of 2", d.healpix_nside, file))
+    if isinstance(d.n_replicates, int) and d.n_replicates < 1:
+        errors.append(ConfigError("data.n_replicates", "must be >= 1", d.n_replicates, file))
+    for name in ("source_r_mag_range", "source_r_eff_arcsec_range", "source_sersic_n_range"):
+        _range_ok(errors, f"priors.{name}", getattr(p, name), file, positive=True)
+    _range_ok(errors, "priors.beta_frac_sq_range", p.beta_frac_sq_range, file, unit_interval=True)
+    for name in ("source_q_range", "lens_q_range"):
+        rng = getattr(p, name)
+        _range_ok(errors, f"priors.{name}", rng, file, positive=True)
+        if isinstance(rng, tuple) and len(rng) == 2 and isinstance(rng[1], float) and rng[1] > 1:
+            errors.append(ConfigError(f"priors.{name}", "axis ratios must be <= 1", list(rng), file))
+    for name in ("color_g_r_sigma", "color_r_z_sigma", "shear_sigma"):
+        v = getattr(p, name)
+        if isinstance(v, float) and v < 0:
+            errors.append(ConfigError(f"priors.{name}", "must be >= 0", v, file))
+    for name in ("score_threshold", "anchor_min_recovery", "anchor_max_contamination", "anchor_min_auroc", "core_auc_max"):
+        _fraction_ok(errors, f"evaluation.{name}", getattr(e, name), file)
+    if isinstance(e.fpr_targets, list):
+        for i, f in enumerate(e.fpr_targets):
+            if isinstance(f, float) and not 0 < f < 1:
+                errors.append(ConfigError(f"evaluation.fpr_targets[{i}]", "must lie in (0, 1)", f, file))
+    _fraction_ok(errors, "hard_negatives.min_score_threshold", h.min_score_threshold, file)
+    for name in ("exclusion_radius_arcsec", "dedup_radius_arcsec", "match_radius_arcsec"):
+        v = getattr(h, name)
+        if isinstance(v, float) and v <= 0:
+            errors.append(ConfigError(f"hard_negatives.{name}", "must be positive", v, file))
+    t = cfg.training
+    for name in ("epochs", "batch_size", "early_stopping_patience"):
+        v = getattr(t, name)
+        if isinstance(v, int) and v < 1:
+            errors.append(ConfigError(f"training.{name}", "must be >= 1", v, file))
+    if isinstance(t.clip_sigma, float) and t.clip_sigma <= 0:
+        errors.append(ConfigError("training.clip_sigma", "must be positive", t.clip_sigma, file))
+    return errors
+
+
+def from_dict(data: dict, file: str | None = None) -> ExperimentConfig:
+    """Build and validate; raise :class:`ConfigErrors` listing every problem."""
+    errors: list[ConfigError] = []
+    if not isinstance(data, dict):
+        raise ConfigErrors([ConfigError("<root>", "the file must hold a YAML mapping", type(data).__name__, file)])
+    cfg = build(ExperimentConfig, data, "", errors, file)
+    if cfg is not None and not errors:
+        errors.extend(validate(cfg, file))
+    if errors:
+        raise ConfigErrors(errors)
+    return cfg
+
+
+def from_yaml(path: str | os.PathLike) -> ExperimentConfig:
+    """Load a config with ``yaml.safe_load``; YAML syntax errors name the file and line."""
+    file = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigErrors([ConfigError("<file>", f"cannot read: {exc.strerror}", None, file)]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<yaml>"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigErrors([ConfigError(where, f"YAML syntax error: {problem}", None, file)]) from None
+    return from_dict(data if data is not None else {}, file)
+
+
+def to_yaml(cfg: ExperimentConfig, path: str | os.PathLike) -> None:
+    """Write ``cfg`` as YAML (plain types only, so ``safe_load`` reads it back)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def git_info(repo_dir: str | os.PathLike | None = None) -> dict:
+    """``git_commit``, ``git_branch``, ``git_dirty`` of the checkout holding this package
+    (None each when git or the repository is unavailable, e.g. an installed wheel on EMR)."""
+    cwd = str(repo_dir or Path(__file__).resolve().parents[2])
+
+    def run(*args):
+        try:
+            out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = run("rev-parse", "HEAD")
+    if commit is None:
+        return {"git_commit": None, "git_branch": None, "git_dirty": None}
+    status = run("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_branch": run("rev-parse", "--abbrev-ref", "HEAD"), "git_dirty": bool(status)}
+
+
+def new_experiment_id(experiment_name: str, now: _dt.datetime | None = None) -> str:
+    """``YYYYmmddTHHMMSSffffff_<name>_<random hex>``: unique and sorts by creation time."""
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    return f"{now.strftime('%Y%m%dT%H%M%S%f')}_{experiment_name}_{secrets.token_hex(3)}"
+
+
+def create_experiment_config(
+    experiment_name: str,
+    generation: str,
+    data_variant: DataVariantConfig | str,
+    output_base_dir: str,
+    **overrides,
+) -> ExperimentConfig:
+    """A new experiment with a unique, time-sorted id, git state captured now.
+
+    ``data_variant`` is a :class:`DataVariantConfig` or the name/path of a YAML file in
+    ``configs/`` (its ``data`` section is used). ``overrides`` set top-level sections or fields,
+    e.g. ``training=TrainingConfig(epochs=3)``.
+    """
+    if isinstance(data_variant, str):
+        data_variant = load_variant(data_variant)
+    now = _dt.datetime.now(_dt.timezone.utc)
+    exp_id = new_experiment_id(experiment_name, now)
+    cfg = ExperimentConfig(
+        experiment_name=experiment_name,
+        experiment_id=exp_id,
+        generation=generation,
+        output_dir=str(Path(output_base_dir) / exp_id),
+        created_at=now.isoformat(),
+        data=data_variant,
+        **git_info(),
+    )
+    cfg = dataclasses.replace(cfg, **overrides)
+    errors = validate(cfg)
+    if errors:
+        raise ConfigErrors(errors)
+    return cfg
+
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def load_variant(name_or_path: str) -> DataVariantConfig:
+    """The ``data`` section of a variant YAML: a path, or a name in the repo's ``configs/``."""
+    path = Path(name_or_path)
+    if not path.exists():
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        raise ConfigErrors([ConfigError("data_variant", f"no file {name_or_path!r} and no {path}", name_or_path, None)])
+    return from_yaml(path).data

@@ -1,0 +1,138 @@
+"""The one Parquet schema of manifests, stamps and rejects.
+
+Producer (the Spark jobs in ``dhs_spark.jobs``) and consumer (``trainer.data``) both import
+this module; nothing else defines these columns. Units are in the column names. Stamps are
+float32 nanomaggies per pixel, stored flat in band-major (C, H, W) order in the ``image``
+list column, with ``n_bands`` and ``stamp_size`` giving the shape, so pandas, pyarrow, Spark
+and torch read them with no custom decoder::
+
+    img = np.asarray(row["image"], dtype=np.float32).reshape(row["n_bands"], row["stamp_size"], row["stamp_size"])
+
+Band order is g, r, z. The host (and the lens centre) sit on pixel (stamp_size // 2,
+stamp_size // 2), 0-based.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+PIPELINE_VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column: name (with unit), Arrow type, nullability and a description."""
+
+    name: str
+    type: pa.DataType
+    doc: str
+    nullable: bool = True
+
+
+F64, F32, I64, I32, STR, BOOL = pa.float64(), pa.float32(), pa.int64(), pa.int32(), pa.string(), pa.bool_()
+
+MANIFEST_COLUMNS: tuple[Column, ...] = (
+    Column("task_id", STR, "unique stamp id: hash of the stamp identity (hex)", False),
+    Column("experiment_id", STR, "experiment this row belongs to"),
+    Column("config_id", STR, "grid cell / configuration id within the experiment"),
+    Column("tier", STR, "debug | grid | train"),
+    Column("split", STR, "train | val | test, from a hash of the HEALPix cell"),
+    Column("healpix_index", I64, "HEALPix NESTED index at data.healpix_nside"),
+    Column("brickname", STR, "DR10 brick holding the host"),
+    Column("ra", F64, "host right ascension, degrees (ICRS)"),
+    Column("dec", F64, "host declination, degrees (ICRS)"),
+    Column("replicate", I32, "replicate number of this host x configuration"),
+    Column("task_seed", I64, "per-task 63-bit seed (dhs_spark.config.seeds.task_seed)"),
+    Column("is_control", BOOL, "True: no arc injected (label 0)"),
+    Column("label", I32, "1 = injected lens, 0 = control"),
+    Column("theta_e_arcsec", F64, "SIE Einstein radius (lenstronomy convention); 0 for controls"),
+    Column("lens_q", F64, "SIE axis ratio (minor/major)"),
+    Column("lens_phi_rad", F64, "SIE major-axis angle, radians counter-clockwise from +x"),
+    Column("shear_gamma1", F64, "external shear component 1"),
+    Column("shear_gamma2", F64, "external shear component 2"),
+    Column("source_x_arcsec", F64, "unlensed source position x (west, numpy axis 1)"),
+    Column("source_y_arcsec", F64, "unlensed source position y (up, numpy axis 0)"),
+    Column("source_r_eff_arcsec", F64, "Sersic half-light radius (parametric sources)"),
+    Column("source_sersic_n", F64, "Sersic index (parametric sources)"),
+    Column("source_q", F64, "source axis ratio"),
+    Column("source_phi_rad", F64, "source major-axis angle, radians ccw from +x"),
+    Column("source_r_mag", F64, "unlensed source r-band AB magnitude"),
+    Column("source_color_g_r", F64, "observed g-r colour of the source, AB"),
+    Column("source_color_r_z", F64, "observed r-z colour of the source, AB"),
+    Column("psf_fwhm_g_arcsec", F64, "brick psfsize_g (FWHM) from the bricks table"),
+    Column("psf_fwhm_r_arcsec", F64, "brick psfsize_r (FWHM)"),
+    Column("psf_fwhm_z_arcsec", F64, "brick psfsize_z (FWHM)"),
+)
+
+STAMP_OUTPUT_COLUMNS: tuple[Column, ...] = (
+    Column("image", pa.list_(F32), "stamp, float32 nanomaggies/pixel, flat (C, H, W), bands g r z", False),
+    Column("invvar", pa.list_(F32), "inverse variance, 1/nanomaggy^2 per pixel, flat (C, H, W); optional"),
+    Column("n_bands", I32, "C of the image shape", False),
+    Column("stamp_size", I32, "H = W of the image shape", False),
+    Column("source_mode", STR, "parametric | cosmos | none (controls)"),
+    Column("cosmos_ident", STR, "COSMOS galaxy ident when source_mode = cosmos"),
+    Column("psf_model", STR, "gaussian | moffat | pixel"),
+    Column("psf_source", STR, "where the PSF came from (brick psfsize, PsfEx CCD, coadd-psf service)"),
+    Column("psf_fwhm_used_g_arcsec", F64, "PSF FWHM actually used for g"),
+    Column("psf_fwhm_used_r_arcsec", F64, "PSF FWHM actually used for r"),
+    Column("psf_fwhm_used_z_arcsec", F64, "PSF FWHM actually used for z"),
+    Column("psf_fallback_bands", STR, "bands whose PSF fell back (e.g. psfsize 0 -> r); '' if none"),
+    Column("magnification", F64, "lensed / unlensed source flux, before the PSF"),
+    Column("unlensed_flux_g_nmgy", F64, "unlensed source flux, g"),
+    Column("unlensed_flux_r_nmgy", F64, "unlensed source flux, r"),
+    Column("unlensed_flux_z_nmgy", F64, "unlensed source flux, z"),
+    Column("lensed_flux_g_nmgy", F64, "arc flux added to the stamp, g"),
+    Column("lensed_flux_r_nmgy", F64, "arc flux added to the stamp, r"),
+    Column("lensed_flux_z_nmgy", F64, "arc flux added to the stamp, z"),
+    Column("arc_snr_sum", F64, "sqrt(sum(arc^2 * invvar)) over all bands and pixels"),
+    Column("arc_snr_peak", F64, "max over pixels of arc * sqrt(invvar)"),
+    Column("bad_pixel_frac", F64, "fraction of pixels with invvar <= 0 or masked"),
+    Column("nan_count", I32, "non-finite pixels in the stamp (0 in any written stamp)"),
+    Column("maskbits_or", I64, "bitwise OR of the maskbits inside the stamp"),
+    Column("pipeline_version", STR, "dhs_spark.schema.PIPELINE_VERSION that wrote the row"),
+)
+
+REJECT_COLUMNS: tuple[Column, ...] = (
+    Column("task_id", STR, "task that failed", False),
+    Column("experiment_id", STR, "experiment"),
+    Column("stage", STR, "4a | 4c | ... stage that rejected the row", False),
+    Column("reason", STR, "short machine-readable reason, e.g. edge, nan_under_arc, corrupt_brick", False),
+    Column("detail", STR, "human-readable detail: file, band, value"),
+    Column("brickname", STR, "brick"),
+    Column("ra", F64, "degrees"),
+    Column("dec", F64, "degrees"),
+    Column("split", STR, "split of the manifest row"),
+)
+
+STAMP_COLUMNS: tuple[Column, ...] = MANIFEST_COLUMNS + STAMP_OUTPUT_COLUMNS
+
+
+def arrow_schema(columns: tuple[Column, ...]) -> pa.Schema:
+    """The pyarrow schema of ``columns`` (descriptions kept as field metadata)."""
+    return pa.schema([pa.field(c.name, c.type, c.nullable, metadata={"doc": c.doc}) for c in columns])
+
+
+def spark_schema(columns: tuple[Column, ...]):
+    """The Spark StructType of ``columns`` (pyspark imported here, on the caller's side)."""
+    from pyspark.sql import types as T
+
+    def to_spark(tp: pa.DataType):
+        if pa.types.is_list(tp):
+            return T.ArrayType(to_spark(tp.value_type), containsNull=False)
+        return {
+            pa.float64(): T.DoubleType(),
+            pa.float32(): T.FloatType(),
+            pa.int64(): T.LongType(),
+            pa.int32(): T.IntegerType(),
+            pa.string(): T.StringType(),
+            pa.bool_(): T.BooleanType(),
+        }[tp]
+
+    return T.StructType([T.StructField(c.name, to_spark(c.type), c.nullable) for c in columns])
+
+
+MANIFEST_SCHEMA = arrow_schema(MANIFEST_COLUMNS)
+STAMP_SCHEMA = arrow_schema(STAMP_COLUMNS)
+REJECT_SCHEMA = arrow_schema(REJECT_COLUMNS)
