@@ -379,7 +379,7 @@ def load_variant(name_or_path: str) -> DataVariantConfig:
     """The ``data`` section of a variant YAML: a path, or a name in the repo's ``configs/``."""
     path = Path(name_or_path)
     if not path.exists():
-        path = CONFIG_DIR / f"{name_or_path}.yaml"
+        path = CONFIG_DIR / "data_variants" / f"{name_or_path}.yaml"
     if not path.exists():
         raise ConfigErrors([ConfigError("data_variant", f"no file {name_or_path!r} and no {path}", name_or_path, None)])
     return from_yaml(path).data
