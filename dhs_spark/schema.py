@@ -64,6 +64,7 @@ MANIFEST_COLUMNS: tuple[Column, ...] = (
     Column("psf_fwhm_g_arcsec", F64, "brick psfsize_g (FWHM) from the bricks table"),
     Column("psf_fwhm_r_arcsec", F64, "brick psfsize_r (FWHM)"),
     Column("psf_fwhm_z_arcsec", F64, "brick psfsize_z (FWHM)"),
+    Column("psf_fallback_bands", STR, "bands whose brick psfsize was 0/missing and took another band's (bricks table); '' if none"),
 )
 
 STAMP_OUTPUT_COLUMNS: tuple[Column, ...] = (
@@ -75,10 +76,11 @@ STAMP_OUTPUT_COLUMNS: tuple[Column, ...] = (
     Column("cosmos_ident", STR, "COSMOS galaxy ident when source_mode = cosmos"),
     Column("psf_model", STR, "gaussian | moffat | pixel"),
     Column("psf_source", STR, "where the PSF came from (brick psfsize, PsfEx CCD, coadd-psf service)"),
+    Column("psf_fallback_analytic", BOOL, "True: the survey PSF (coadd-psf/PsfEx) failed for this brick and the analytic model was used; psf_fallback_reason says why"),
+    Column("psf_fallback_reason", STR, "why the survey PSF failed (bands, position, error); '' if no fallback"),
     Column("psf_fwhm_used_g_arcsec", F64, "PSF FWHM actually used for g"),
     Column("psf_fwhm_used_r_arcsec", F64, "PSF FWHM actually used for r"),
     Column("psf_fwhm_used_z_arcsec", F64, "PSF FWHM actually used for z"),
-    Column("psf_fallback_bands", STR, "bands whose PSF fell back (e.g. psfsize 0 -> r); '' if none"),
     Column("magnification", F64, "lensed / unlensed source flux, before the PSF"),
     Column("unlensed_flux_g_nmgy", F64, "unlensed source flux, g"),
     Column("unlensed_flux_r_nmgy", F64, "unlensed source flux, r"),

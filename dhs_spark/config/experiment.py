@@ -38,6 +38,24 @@ class SeedConfig:
 
 
 @dataclass
+class PsfWingsConfig:
+    """Outer wings added to survey PSF images (``psf_model: pixel``): the Legacy Surveys DR9/DR10
+    extended PSF model (https://www.legacysurvey.org/dr10/psf). ``blend_radii_arcsec`` = R1..R4:
+    survey PSF inside R1, blended into an inner Moffat (fitted between ``inner_fit_range_arcsec``)
+    over R1-R2, into the outer profile over R3-R4. Outer profile per arcsec^2 of a unit-flux star:
+    ``A r^-2`` in g and r (r in arcsec), ``weight * Moffat(alpha, beta)`` in z."""
+
+    enabled: bool = True
+    blend_radii_arcsec: tuple[float, float, float, float] = (5.0, 6.0, 7.0, 8.0)
+    inner_fit_range_arcsec: tuple[float, float] = (1.8, 5.0)
+    power_law_amplitude_g: float = 4.5e-4
+    power_law_amplitude_r: float = 3.3e-4
+    z_moffat_alpha_arcsec: float = 17.65
+    z_moffat_beta: float = 1.7
+    z_moffat_weight: float = 0.0145
+
+
+@dataclass
 class DataVariantConfig:
     """A data-generation variant (Gen1..Gen6): how stamps are simulated.
 
@@ -70,6 +88,7 @@ class DataVariantConfig:
     n_replicates: int = 1
     split_fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
     healpix_nside: int = 128
+    psf_wings: PsfWingsConfig = field(default_factory=PsfWingsConfig)
 
 
 @dataclass
@@ -157,6 +176,9 @@ class EvaluationConfig:
     core_auc_max: float = 0.70
     fpr_targets: list[float] = field(default_factory=lambda: [1e-2, 1e-3, 1e-4])
     n_bootstrap: int = 1000
+    null_shift_max: float = 0.05  # trainer gates: |score shift| allowed for a null (invisible) injection
+    arc_suppressed_shift_max: float = 0.10  # trainer gates: arc-masked positives vs masked controls, mean score
+    gate_max_stamps: int = 2000  # trainer gates: stamps drawn per split for the model-level gates
 
 
 @dataclass
@@ -225,6 +247,19 @@ def validate(cfg: ExperimentConfig, file: str | None = None) -> list[ConfigError
     if h.enabled and not h.hard_neg_path:
         errors.append(ConfigError("hard_negatives.hard_neg_path", "must be set when hard_negatives.enabled is true", None, file))
     _range_ok(errors, "data.theta_e_range", d.theta_e_range, file, positive=True)
+    w = d.psf_wings
+    if isinstance(w.blend_radii_arcsec, tuple) and all(isinstance(v, float) for v in w.blend_radii_arcsec):
+        if not 0 < w.blend_radii_arcsec[0] < w.blend_radii_arcsec[1] <= w.blend_radii_arcsec[2] < w.blend_radii_arcsec[3]:
+            errors.append(ConfigError("data.psf_wings.blend_radii_arcsec", "must be 0 < R1 < R2 <= R3 < R4", list(w.blend_radii_arcsec), file))
+    _range_ok(errors, "data.psf_wings.inner_fit_range_arcsec", w.inner_fit_range_arcsec, file)
+    for name in ("power_law_amplitude_g", "power_law_amplitude_r", "z_moffat_weight"):
+        v = getattr(w, name)
+        if isinstance(v, float) and v < 0:
+            errors.append(ConfigError(f"data.psf_wings.{name}", "must be >= 0", v, file))
+    if isinstance(w.z_moffat_alpha_arcsec, float) and w.z_moffat_alpha_arcsec <= 0:
+        errors.append(ConfigError("data.psf_wings.z_moffat_alpha_arcsec", "must be positive", w.z_moffat_alpha_arcsec, file))
+    if isinstance(w.z_moffat_beta, float) and w.z_moffat_beta <= 1.0:
+        errors.append(ConfigError("data.psf_wings.z_moffat_beta", "must be > 1 (finite flux)", w.z_moffat_beta, file))
     if isinstance(d.stamp_size, int) and (d.stamp_size < 32 or d.stamp_size % 2):
         errors.append(ConfigError("data.stamp_size", "must be even and >= 32", d.stamp_size, file))
     if isinstance(d.oversample, int) and d.oversample < 1:
