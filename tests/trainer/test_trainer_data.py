@@ -1,0 +1,81 @@
+"""trainer.data: zero-copy decoding, split selection, worker sharding without duplicates or drops."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dhs_spark.errors import InputDataError
+from trainer.data import COL, StampDataset, StampIndex, decode_images, load_images, make_loader
+from trainer.preprocess import PreprocessConfig, preprocess
+
+
+def test_decode_is_a_view_in_chw_order():
+    images = np.arange(2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
+    offsets = pa.array(np.array([0, 48, 96], np.int32))
+    arr = pa.ListArray.from_arrays(offsets, pa.array(images.ravel()))
+    flat = decode_images(arr)
+    assert np.shares_memory(flat, arr.values.to_numpy()), "decoding must not copy the Arrow buffer"
+    np.testing.assert_array_equal(flat.reshape(2, 3, 4, 4), images)
+    # a sliced array (offset != 0) still decodes the right rows
+    np.testing.assert_array_equal(decode_images(arr.slice(1, 1)).reshape(1, 3, 4, 4), images[1:])
+
+
+def test_decode_rejects_ragged_and_null_rows():
+    ragged = pa.ListArray.from_arrays(pa.array(np.array([0, 4, 9], np.int32)), pa.array(np.zeros(9, np.float32)))
+    with pytest.raises(InputDataError, match="row 1 has 5 values"):
+        decode_images(ragged, "f.parquet")
+    with pytest.raises(InputDataError, match="null images"):
+        decode_images(pa.array([[1.0, 2.0], None], pa.list_(pa.float32())))
+
+
+def test_index_reads_images_written_by_the_fixture(stamp_data):
+    path, images, cols = stamp_data
+    index = StampIndex.scan(str(path))
+    assert index.n_rows == len(images)
+    assert len(index.files) == 2  # _SUCCESS is skipped
+    rows = np.array([5, 0, 700, 333])
+    np.testing.assert_array_equal(load_images(index, rows), images[rows])
+    np.testing.assert_array_equal(index.meta[COL.label], cols["label"])
+    splits = {s: set(index.rows(s).tolist()) for s in ("train", "val", "test")}
+    assert sum(map(len, splits.values())) == len(images)
+    assert not (splits["train"] & splits["val"]) and not (splits["val"] & splits["test"])
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_each_row_exactly_once_per_epoch(stamp_data, num_workers):
+    path, images, cols = stamp_data
+    index = StampIndex.scan(str(path))
+    rows = index.rows("train")
+    ds = StampDataset(index, rows, batch_size=24, preprocess_cfg=PreprocessConfig(), shuffle=True, augment=False, seed=3, shuffle_buffer=100)
+    seen, n_batches = [], 0
+    for batch in make_loader(ds, num_workers=num_workers):
+        r = batch["row"].numpy()
+        seen.append(r)
+        n_batches += 1
+        np.testing.assert_array_equal(batch["label"].numpy(), cols["label"][r])
+        np.testing.assert_allclose(batch["image"].numpy(), preprocess(images[r]), atol=1e-6)
+    seen = np.concatenate(seen)
+    assert len(seen) == len(rows) and set(seen.tolist()) == set(rows.tolist()), "a row was duplicated or dropped"
+    assert n_batches == ds.n_batches(num_workers)
+
+
+def test_shuffle_is_seeded_by_seed_and_epoch(stamp_data):
+    index = StampIndex.scan(str(stamp_data[0]))
+
+    def order(seed, epoch):
+        ds = StampDataset(index, index.rows("train"), 32, PreprocessConfig(), shuffle=True, augment=True, seed=seed)
+        ds.set_epoch(epoch)
+        return np.concatenate([b["row"].numpy() for b in make_loader(ds)])
+
+    np.testing.assert_array_equal(order(1, 0), order(1, 0))
+    assert not np.array_equal(order(1, 0), order(1, 1))
+    assert not np.array_equal(order(1, 0), order(2, 0))
+
+
+def test_missing_image_column_names_the_file(tmp_path):
+    pq.write_table(pa.table({"ra": [1.0]}), tmp_path / "bad.parquet")
+    with pytest.raises(InputDataError, match=r"bad\.parquet: missing stamp columns"):
+        StampIndex.scan(str(tmp_path))
+    with pytest.raises(InputDataError, match="no such file"):
+        StampIndex.scan(str(tmp_path / "nowhere"))

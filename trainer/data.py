@@ -1,0 +1,360 @@
+"""Read Parquet stamps (local paths or s3://) for training, validation and scoring.
+
+The stamp columns are those of :data:`dhs_spark.schema.STAMP_COLUMNS` (the one schema module
+shared with the Spark producer); :data:`COL` gives their names, so a rename there breaks here at
+import time rather than silently.
+
+Layout of the work:
+
+- :class:`StampIndex` scans the data set once: the files, their row groups, and the small
+  per-row columns (label, split, position, truth for completeness bins). Images stay on disk.
+- :class:`StampDataset` is a torch ``IterableDataset`` over the row groups holding rows of the
+  requested split. Each epoch the row groups are permuted (seeded by ``seed`` and the epoch),
+  then dealt round-robin to DataLoader workers, so every selected row is produced exactly once
+  per epoch whatever the worker count (no duplicates, no drops; the last batch of a worker
+  may be short). Rows are shuffled within a buffer of row groups, preprocessed in vectorised
+  batches (:mod:`trainer.preprocess`) and augmented per stamp. Same seed, epoch and worker
+  count -> same batches.
+- :func:`decode_images` turns an Arrow list column into an (N, C, H, W) float32 view of the
+  Arrow buffer without copying or building Python lists.
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from dhs_spark.config.seeds import rng_from_seed, stable_hash64
+from dhs_spark.errors import InputDataError
+from dhs_spark.schema import STAMP_COLUMNS
+from trainer.preprocess import PreprocessConfig, augment, preprocess
+
+COL = types.SimpleNamespace(**{c.name: c.name for c in STAMP_COLUMNS})
+"""Stamp column names, e.g. ``COL.image``, ``COL.label`` (AttributeError if the schema drops one)."""
+
+SPLITS = ("train", "val", "test")
+# Per-row columns the index keeps in memory (those present in the files; the image never).
+INDEX_COLUMNS = (COL.label, COL.split, COL.ra, COL.dec, COL.theta_e_arcsec, COL.arc_snr_sum, COL.psf_fwhm_r_arcsec)
+TRUTH_COLUMNS = (COL.theta_e_arcsec, COL.arc_snr_sum, COL.psf_fwhm_r_arcsec)
+
+
+def filesystem_and_path(path: str):
+    """``(pyarrow FileSystem, path inside it)`` for a local path or an ``s3://bucket/key`` URI
+    (pyarrow's S3FileSystem; credentials and region from the usual AWS environment)."""
+    import pyarrow.fs as pafs
+
+    if "://" in path:
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), str(path)
+
+
+def list_parquet_files(path: str) -> tuple[object, list[str]]:
+    """The filesystem and the sorted Parquet files of ``path`` (a file or a directory tree;
+    names starting with ``_`` or ``.``, e.g. Spark's ``_SUCCESS``, are skipped)."""
+    import pyarrow.fs as pafs
+
+    fs, root = filesystem_and_path(path)
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise InputDataError(f"{path}: no such file or directory")
+    if info.type == pafs.FileType.File:
+        return fs, [root]
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+    files = sorted(
+        i.path for i in infos if i.type == pafs.FileType.File and not any(p.startswith(("_", ".")) for p in i.path[len(root) :].split("/") if p)
+    )
+    files = [f for f in files if f.endswith(".parquet") or "." not in f.rsplit("/", 1)[-1]]
+    if not files:
+        raise InputDataError(f"{path}: no Parquet files found")
+    return fs, files
+
+
+def decode_images(column, where: str = "") -> np.ndarray:
+    """An Arrow list column of flat (C, H, W) stamps -> float32 array (N, C, H, W), no copy.
+
+    The shape comes from the list length; C is recovered by the caller's ``n_bands`` check
+    (:func:`reshape_images`). Raises :class:`InputDataError` (naming ``where``) on null rows
+    or rows of unequal length.
+    """
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if arr.null_count:
+        raise InputDataError(f"{where}: {arr.null_count} null images")
+    if pa.types.is_fixed_size_list(arr.type):
+        size = arr.type.list_size
+        values = arr.values.to_numpy(zero_copy_only=False)
+        flat = values[arr.offset * size : (arr.offset + len(arr)) * size]
+    elif pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+        offsets = arr.offsets.to_numpy()
+        lengths = np.diff(offsets)
+        size = int(lengths[0]) if len(lengths) else 0
+        if np.any(lengths != size):
+            bad = int(np.flatnonzero(lengths != size)[0])
+            raise InputDataError(f"{where}: image of row {bad} has {lengths[bad]} values, row 0 has {size}")
+        flat = arr.values.to_numpy(zero_copy_only=arr.values.null_count == 0)[offsets[0] : offsets[-1]]
+    else:
+        raise InputDataError(f"{where}: image column has type {arr.type}, expected a list of float32")
+    if flat.dtype != np.float32:
+        raise InputDataError(f"{where}: image values are {flat.dtype}, expected float32 nanomaggies")
+    return flat.reshape(len(arr), size)
+
+
+def reshape_images(flat: np.ndarray, n_bands: np.ndarray, stamp_size: np.ndarray, where: str) -> np.ndarray:
+    """Flat (N, C*H*W) -> (N, C, H, W) using the ``n_bands`` / ``stamp_size`` columns, which must
+    be uniform within one read (one model input shape)."""
+    if len(flat) == 0:
+        return flat.reshape(0, 0, 0, 0)
+    c, s = np.unique(n_bands), np.unique(stamp_size)
+    if len(c) != 1 or len(s) != 1:
+        raise InputDataError(f"{where}: mixed stamp shapes (n_bands {c.tolist()}, stamp_size {s.tolist()})")
+    c, s = int(c[0]), int(s[0])
+    if flat.shape[1] != c * s * s:
+        raise InputDataError(f"{where}: image has {flat.shape[1]} values per row, n_bands x stamp_size^2 = {c * s * s}")
+    return flat.reshape(len(flat), c, s, s)
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """One Parquet row group: file number, row-group number, rows, and global row offset."""
+
+    file_index: int
+    row_group: int
+    n_rows: int
+    offset: int
+
+
+class StampIndex:
+    """The files, row groups and per-row small columns of a stamp data set.
+
+    ``meta`` maps each present column of :data:`INDEX_COLUMNS` to a numpy array over the global
+    rows (files in sorted order, row groups in file order). Built by :meth:`scan`.
+    """
+
+    def __init__(self, path: str, filesystem, files: list[str], row_groups: list[RowGroup], meta: dict[str, np.ndarray], columns: set[str]):
+        self.path = path
+        self.columns = columns  # column names present in every file
+        self.filesystem = filesystem
+        self.files = files
+        self.row_groups = row_groups
+        self.meta = meta
+        self.n_rows = sum(rg.n_rows for rg in row_groups)
+        self._open: dict[int, object] = {}
+
+    @classmethod
+    def scan(cls, path: str) -> StampIndex:
+        import pyarrow.parquet as pq
+
+        fs, files = list_parquet_files(str(path))
+        row_groups: list[RowGroup] = []
+        parts: dict[str, list[np.ndarray]] = {}
+        offset = 0
+        common: set[str] | None = None
+        for i, f in enumerate(files):
+            try:
+                pf = pq.ParquetFile(fs.open_input_file(f))
+            except (OSError, pa.ArrowInvalid) as exc:
+                raise InputDataError(f"{f}: not a readable Parquet file ({exc})") from None
+            names = set(pf.schema_arrow.names)
+            common = names if common is None else common & names
+            missing = {COL.image, COL.n_bands, COL.stamp_size} - names
+            if missing:
+                raise InputDataError(f"{f}: missing stamp columns {sorted(missing)}")
+            for rg in range(pf.num_row_groups):
+                n = pf.metadata.row_group(rg).num_rows
+                row_groups.append(RowGroup(i, rg, n, offset))
+                offset += n
+            cols = [c for c in INDEX_COLUMNS if c in names]
+            table = pf.read(columns=cols)
+            for c in INDEX_COLUMNS:
+                if c in names:
+                    parts.setdefault(c, []).append(table.column(c).to_numpy(zero_copy_only=False))
+                else:
+                    parts.setdefault(c, []).append(None)
+        meta = {}
+        for c, chunks in parts.items():
+            if all(ch is not None for ch in chunks):
+                meta[c] = np.concatenate(chunks) if chunks else np.zeros(0)
+        if COL.split in meta:
+            meta[COL.split] = meta[COL.split].astype(str)
+        if COL.label in meta:
+            labels = meta[COL.label]
+            bad = ~np.isin(labels, (0, 1))
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise InputDataError(f"{path}: label must be 0 or 1, got {labels[row]!r} at global row {row}")
+            meta[COL.label] = labels.astype(np.int64)
+        return cls(str(path), fs, files, row_groups, meta, common or set())
+
+    def rows(self, split: str | None = None) -> np.ndarray:
+        """Global row indices of ``split`` (all rows when None), ascending."""
+        if split is None:
+            return np.arange(self.n_rows, dtype=np.int64)
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        if COL.split not in self.meta:
+            raise InputDataError(f"{self.path}: no '{COL.split}' column, cannot select split {split!r}")
+        return np.flatnonzero(self.meta[COL.split] == split).astype(np.int64)
+
+    def where(self, rg: RowGroup) -> str:
+        return f"{self.files[rg.file_index]} (row group {rg.row_group})"
+
+    def read(self, rg: RowGroup, columns: list[str]) -> pa.Table:
+        """Columns of one row group (the file handle is kept open per process)."""
+        import pyarrow.parquet as pq
+
+        pf = self._open.get(rg.file_index)
+        if pf is None:
+            pf = self._open[rg.file_index] = pq.ParquetFile(self.filesystem.open_input_file(self.files[rg.file_index]))
+        return pf.read_row_group(rg.row_group, columns=columns)
+
+    def read_images(self, rg: RowGroup, extra_columns: tuple[str, ...] = ()) -> tuple[np.ndarray, pa.Table]:
+        """Images (N, C, H, W) float32 nanomaggies of one row group (a view of the Arrow
+        buffer) and the table of ``extra_columns``."""
+        table = self.read(rg, [COL.image, COL.n_bands, COL.stamp_size, *extra_columns])
+        where = self.where(rg)
+        flat = decode_images(table.column(COL.image), where)
+        images = reshape_images(flat, table.column(COL.n_bands).to_numpy(), table.column(COL.stamp_size).to_numpy(), where)
+        return images, table.select(list(extra_columns))
+
+    def groups_of(self, rows: np.ndarray) -> list[tuple[RowGroup, np.ndarray]]:
+        """The row groups holding ``rows`` (sorted global indices), each with its local indices."""
+        starts = np.array([rg.offset for rg in self.row_groups], dtype=np.int64)
+        which = np.searchsorted(starts, rows, side="right") - 1
+        out = []
+        for g in np.unique(which):
+            rg = self.row_groups[int(g)]
+            out.append((rg, rows[which == g] - rg.offset))
+        return out
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_open"] = {}  # file handles do not cross process boundaries
+        return state
+
+
+def load_images(index: StampIndex, rows: np.ndarray) -> np.ndarray:
+    """Raw images (len(rows), C, H, W) float32 nanomaggies of the given global rows, in that order."""
+    rows = np.asarray(rows, dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    parts = []
+    for rg, local in index.groups_of(rows[order]):
+        images, _ = index.read_images(rg)
+        parts.append(images[local])
+    if not parts:
+        raise ValueError("no rows to load")
+    out = np.empty((len(rows), *parts[0].shape[1:]), dtype=np.float32)
+    out[order] = np.concatenate(parts)
+    return out
+
+
+class StampDataset(torch.utils.data.IterableDataset):
+    """Iterable of preprocessed batches ``{"image", "label", "weight", "row"}`` (torch tensors).
+
+    ``rows``: global row indices to serve (e.g. ``index.rows("train")``). ``weights``: per
+    global row sample weights (hard negatives), default 1. With ``shuffle`` the row-group order
+    and a buffer of ``shuffle_buffer`` stamps are permuted each epoch; with ``augment`` each
+    stamp gets a random flip/rotation. Call :meth:`set_epoch` before each epoch. Use with
+    ``torch.utils.data.DataLoader(dataset, batch_size=None)`` (see :func:`make_loader`): the
+    dataset batches itself so that preprocessing is vectorised.
+    """
+
+    def __init__(
+        self,
+        index: StampIndex,
+        rows: np.ndarray,
+        batch_size: int,
+        preprocess_cfg: PreprocessConfig,
+        weights: np.ndarray | None = None,
+        shuffle: bool = False,
+        augment: bool = False,
+        seed: int = 0,
+        shuffle_buffer: int = 4096,
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        if COL.label not in index.meta:
+            raise InputDataError(f"{index.path}: no '{COL.label}' column; training and validation need labels")
+        self.index = index
+        self.rows = np.sort(np.asarray(rows, dtype=np.int64))
+        self.groups = index.groups_of(self.rows)
+        self.batch_size = int(batch_size)
+        self.preprocess_cfg = preprocess_cfg
+        self.weights = np.ones(index.n_rows, np.float32) if weights is None else np.asarray(weights, np.float32)
+        if len(self.weights) != index.n_rows:
+            raise ValueError(f"weights has {len(self.weights)} entries for {index.n_rows} rows")
+        self.shuffle = shuffle
+        self.augment = augment
+        self.seed = int(seed)
+        self.shuffle_buffer = int(shuffle_buffer)
+        self.epoch = 0
+
+    @property
+    def n_stamps(self) -> int:
+        """Stamps per epoch."""
+        return len(self.rows)
+
+    def n_batches(self, num_workers: int = 0) -> int:
+        """Batches per epoch (each worker's last batch may be short)."""
+        counts = [sum(len(local) for _, local in self.assigned_groups(w, max(num_workers, 1))) for w in range(max(num_workers, 1))]
+        return sum(-(-c // self.batch_size) for c in counts)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def assigned_groups(self, worker_id: int, num_workers: int) -> list[tuple[RowGroup, np.ndarray]]:
+        """The row groups worker ``worker_id`` of ``num_workers`` reads this epoch."""
+        order = np.arange(len(self.groups))
+        if self.shuffle:
+            order = rng_from_seed(stable_hash64("rowgroups", self.seed, self.epoch)).permutation(order)
+        return [self.groups[i] for i in order[worker_id::num_workers]]
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker_id, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        rng = rng_from_seed(stable_hash64("batches", self.seed, self.epoch, worker_id, num_workers))
+        labels_all = self.index.meta[COL.label]
+        buffer: list[tuple[np.ndarray, np.ndarray]] = []
+        buffered = 0
+        groups = self.assigned_groups(worker_id, num_workers)
+        for k, (rg, local) in enumerate(groups):
+            images, _ = self.index.read_images(rg)
+            buffer.append((preprocess(images[local], self.preprocess_cfg), rg.offset + local))
+            buffered += len(local)
+            last = k == len(groups) - 1
+            if buffered < self.shuffle_buffer and not last:
+                continue
+            images = np.concatenate([b[0] for b in buffer])
+            rows = np.concatenate([b[1] for b in buffer])
+            if self.shuffle:
+                perm = rng.permutation(len(rows))
+                images, rows = images[perm], rows[perm]
+            n_full = len(rows) if last else (len(rows) // self.batch_size) * self.batch_size
+            for start in range(0, n_full, self.batch_size):
+                sl = slice(start, min(start + self.batch_size, n_full))
+                batch = augment(images[sl], rng) if self.augment else images[sl]
+                r = rows[sl]
+                yield {
+                    "image": torch.from_numpy(np.ascontiguousarray(batch)),
+                    "label": torch.from_numpy(labels_all[r].astype(np.float32)),
+                    "weight": torch.from_numpy(self.weights[r]),
+                    "row": torch.from_numpy(r),
+                }
+            buffer = [(images[n_full:], rows[n_full:])] if n_full < len(rows) else []
+            buffered = len(rows) - n_full
+
+
+def make_loader(dataset: StampDataset, num_workers: int = 0, pin_memory: bool = False):
+    """A DataLoader over the self-batching dataset (``batch_size=None``). Workers are not
+    persistent, so each epoch's workers see the epoch set by :meth:`StampDataset.set_epoch`."""
+    import torch
+
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )

@@ -1,0 +1,131 @@
+"""Join the hard-negative lookup to training stamps by sky position, not by id.
+
+The lookup (written by ``dhs hardneg``) is a Parquet table with columns ``ra``, ``dec``
+(degrees, ICRS), ``healpix_index``, ``source`` (e.g. model_fp, ring, merger), ``weight`` and
+``score``. A stamp whose host lies within ``radius_arcsec`` of a lookup entry is that hard
+negative: ids are not trusted because the lookup and the stamps are made by different jobs
+(and a re-run re-hashes ids), while the host position is the physical identity.
+
+Only negatives (label 0) are up-weighted: a positive injected onto a hard-negative host is a
+lens and keeps weight 1 (it is counted in the report). A stamp near several entries takes the
+nearest one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dhs_spark.errors import InputDataError
+from dhs_spark.healpix import nearest_within
+
+LOOKUP_COLUMNS = ("ra", "dec", "healpix_index", "source", "weight", "score")
+
+
+@dataclass(frozen=True)
+class HardNegativeLookup:
+    """The lookup's columns as arrays (ra, dec in degrees; weight >= 0)."""
+
+    ra: np.ndarray
+    dec: np.ndarray
+    source: np.ndarray
+    weight: np.ndarray
+    score: np.ndarray
+    path: str = ""
+
+    def __len__(self) -> int:
+        return len(self.ra)
+
+
+def load_lookup(path: str) -> HardNegativeLookup:
+    """Read and check a lookup Parquet file or directory (local or s3://)."""
+    import pyarrow.dataset as pads
+
+    from trainer.data import filesystem_and_path
+
+    fs, inner = filesystem_and_path(str(path))
+    try:
+        table = pads.dataset(inner, filesystem=fs, format="parquet").to_table()
+    except (OSError, FileNotFoundError, ValueError) as exc:
+        raise InputDataError(f"{path}: cannot read the hard-negative lookup ({exc})") from None
+    missing = [c for c in LOOKUP_COLUMNS if c not in table.column_names]
+    if missing:
+        raise InputDataError(f"{path}: hard-negative lookup lacks columns {missing} (needs {list(LOOKUP_COLUMNS)})")
+    cols = {c: table.column(c).to_numpy(zero_copy_only=False) for c in ("ra", "dec", "weight", "score")}
+    for name in ("ra", "dec", "weight"):
+        bad = ~np.isfinite(cols[name].astype(np.float64))
+        if bad.any():
+            raise InputDataError(f"{path}: non-finite {name} at row {int(np.flatnonzero(bad)[0])}")
+    if np.any(cols["weight"] < 0):
+        raise InputDataError(f"{path}: negative weight at row {int(np.flatnonzero(cols['weight'] < 0)[0])}")
+    return HardNegativeLookup(
+        ra=cols["ra"].astype(np.float64),
+        dec=cols["dec"].astype(np.float64),
+        source=table.column("source").to_numpy(zero_copy_only=False).astype(str),
+        weight=cols["weight"].astype(np.float64),
+        score=cols["score"].astype(np.float64),
+        path=str(path),
+    )
+
+
+@dataclass(frozen=True)
+class HardNegativeJoin:
+    """Result of :func:`join_hard_negatives`.
+
+    ``weights``: per-stamp loss weight (1 unless a matched negative). ``lookup_index``: matched
+    lookup row per stamp (-1 if none). ``sep_arcsec``: separation of that match (inf if none).
+    ``report``: counts per lookup source (see :func:`join_hard_negatives`).
+    """
+
+    weights: np.ndarray
+    lookup_index: np.ndarray
+    sep_arcsec: np.ndarray
+    report: dict
+
+
+def join_hard_negatives(
+    stamp_ra: np.ndarray,
+    stamp_dec: np.ndarray,
+    stamp_label: np.ndarray,
+    lookup: HardNegativeLookup,
+    radius_arcsec: float,
+    hard_neg_weight: float,
+) -> HardNegativeJoin:
+    """Match stamps (degrees) to the lookup within ``radius_arcsec``; a matched negative gets
+    weight ``lookup.weight * hard_neg_weight``.
+
+    ``report`` holds, per lookup ``source``: ``lookup_entries``, ``matched_negatives``,
+    ``matched_positives`` (kept at weight 1), and ``unmatched_entries`` (lookup rows no stamp
+    fell near: hard negatives the training set does not contain); plus totals and the radius.
+    """
+    if not hard_neg_weight >= 0:
+        raise ValueError(f"hard_neg_weight must be >= 0, got {hard_neg_weight!r}")
+    label = np.asarray(stamp_label)
+    nearest, sep = nearest_within(stamp_ra, stamp_dec, lookup.ra, lookup.dec, radius_arcsec)
+    matched = nearest >= 0
+    neg = matched & (label == 0)
+    weights = np.ones(len(label), dtype=np.float32)
+    weights[neg] = (lookup.weight[nearest[neg]] * hard_neg_weight).astype(np.float32)
+    per_source = {}
+    used = np.zeros(len(lookup), dtype=bool)
+    used[nearest[matched]] = True
+    for src in sorted(set(lookup.source.tolist())):
+        of_src = lookup.source == src
+        src_of_stamp = np.zeros(len(label), dtype=bool)
+        src_of_stamp[matched] = of_src[nearest[matched]]
+        per_source[src] = {
+            "lookup_entries": int(of_src.sum()),
+            "matched_negatives": int((src_of_stamp & (label == 0)).sum()),
+            "matched_positives": int((src_of_stamp & (label == 1)).sum()),
+            "unmatched_entries": int((of_src & ~used).sum()),
+        }
+    report = {
+        "radius_arcsec": float(radius_arcsec),
+        "hard_neg_weight": float(hard_neg_weight),
+        "n_stamps": int(len(label)),
+        "matched_negatives": int(neg.sum()),
+        "matched_positives": int((matched & (label == 1)).sum()),
+        "by_source": per_source,
+    }
+    return HardNegativeJoin(weights=weights, lookup_index=nearest, sep_arcsec=sep, report=report)

@@ -1,0 +1,446 @@
+"""Train a lens classifier on Parquet stamps: the ``dhs-train`` command and :func:`fit`.
+
+::
+
+    dhs-train --config CFG.yaml --data PATH --hard-neg-path P --hard-neg-weight 5 \\
+              --out-dir D --epochs 50 --early-stopping-patience 5 --device auto|cpu|cuda
+
+Flags override the config's fields. Training: AdamW, a per-step learning-rate schedule (linear
+warm-up then cosine, or constant), BCE or focal loss times per-sample weights (hard negatives
+matched by position, :mod:`trainer.hardneg_join`), early stopping on a validation metric
+(``training.early_stopping_metric``: ``val_auroc``, ``val_loss`` or ``val_tpr_at_fpr_<f>``,
+e.g. ``val_tpr_at_fpr_1e-02``; losses are minimised, the rest maximised). On CUDA: channels_last
+and automatic mixed precision (bf16 where supported, else fp16 with a gradient scaler).
+
+Writes to ``out_dir``: ``config.yaml``, ``last.pt`` (every epoch, for ``--resume``), ``best.pt``
+and ``best.safetensors`` (best validation metric), and ``metrics.json`` rewritten after every
+epoch: per-epoch metrics, the hard-negative join report, and at the end the best model's
+validation and test reports and the model-level gates (:mod:`trainer.gates`).
+
+Same seed on CPU -> same metrics (row-group order, shuffling and augmentation are seeded by
+the global seed and the epoch; torch runs with deterministic algorithms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from dhs_spark.config.experiment import ExperimentConfig, from_dict, from_yaml, git_info, validate
+from dhs_spark.config.seeds import rng_from_seed, set_all_seeds, stable_hash64
+from dhs_spark.errors import ConfigError, ConfigErrors
+from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer.data import COL, TRUTH_COLUMNS, StampDataset, StampIndex, load_images, make_loader
+from trainer.hardneg_join import join_hard_negatives, load_lookup
+from trainer.metrics import classification_report
+from trainer.models import build_model
+from trainer.preprocess import PreprocessConfig
+from trainer.score import make_score_fn, pick_device
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- progress output
+
+
+def progress(iterable, total: int, desc: str, stream=None):
+    """A tqdm bar on a terminal; plain log lines (about every 10%, and the last) otherwise,
+    so that batch logs on EMR/CI stay readable."""
+    stream = stream or sys.stderr
+    if stream.isatty():
+        from tqdm import tqdm
+
+        yield from tqdm(iterable, total=total, desc=desc, file=stream, leave=False)
+        return
+    every = max(1, total // 10)
+    t0 = time.perf_counter()
+    i = 0
+    for i, item in enumerate(iterable, 1):
+        yield item
+        if i % every == 0 or i == total:
+            print(f"{desc}: {i}/{total} batches, {time.perf_counter() - t0:.1f} s", file=stream, flush=True)
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dhs-train", description="Train a lens classifier on Parquet stamps.")
+    p.add_argument("--config", help="experiment YAML (dhs_spark.config.ExperimentConfig); defaults when absent")
+    p.add_argument("--data", required=True, help="stamp Parquet file or directory (local or s3://)")
+    p.add_argument("--out-dir", help="output directory (default: the config's output_dir)")
+    p.add_argument("--hard-neg-path", help="hard-negative lookup Parquet (enables hard negatives)")
+    p.add_argument("--hard-neg-weight", type=float, help="multiplier of the lookup weight of matched negatives")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--early-stopping-patience", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--learning-rate", type=float)
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--seed", type=int, help="global seed")
+    p.add_argument("--device", help="auto | cpu | cuda[:N]")
+    p.add_argument("--resume", help="checkpoint (last.pt) to continue from; its config is used, flags still override")
+    p.add_argument("--no-gates", action="store_true", help="skip the model-level gates at the end")
+    return p
+
+
+def load_config(path: str, out_dir: str | None) -> ExperimentConfig:
+    """The YAML config, with ``output_dir`` taken from ``--out-dir`` when given (so a template
+    without output_dir validates)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise ConfigError("--config", f"cannot read: {exc.strerror}", path) from None
+    except yaml.YAMLError:
+        return from_yaml(path)  # re-raised there with the file, line and column
+    if out_dir and isinstance(data, dict):
+        data["output_dir"] = str(out_dir)
+    return from_dict(data, str(path))
+
+
+def apply_overrides(cfg: ExperimentConfig, args: argparse.Namespace) -> ExperimentConfig:
+    """The config with the CLI flags that were given written into it, then validated."""
+    t, h = cfg.training, cfg.hard_negatives
+    t = dataclasses.replace(
+        t,
+        **{
+            k: v
+            for k, v in {
+                "epochs": args.epochs,
+                "early_stopping_patience": args.early_stopping_patience,
+                "batch_size": args.batch_size,
+                "learning_rate": args.learning_rate,
+                "num_workers": args.num_workers,
+                "device": args.device,
+            }.items()
+            if v is not None
+        },
+    )
+    if args.hard_neg_path:
+        h = dataclasses.replace(h, enabled=True, hard_neg_path=args.hard_neg_path)
+    if args.hard_neg_weight is not None:
+        h = dataclasses.replace(h, hard_neg_weight=args.hard_neg_weight)
+    seeds = dataclasses.replace(cfg.seeds, global_seed=args.seed) if args.seed is not None else cfg.seeds
+    out_dir = args.out_dir or cfg.output_dir
+    if not out_dir:
+        raise ConfigError("output_dir", "set --out-dir or output_dir in the config")
+    cfg = dataclasses.replace(cfg, training=t, hard_negatives=h, seeds=seeds, output_dir=str(out_dir))
+    errors = validate(cfg)
+    if errors:
+        raise ConfigErrors(errors)
+    return cfg
+
+
+def early_stopping_mode(metric: str) -> str:
+    """'min' for losses, 'max' for the rest; unknown metric names raise."""
+    if metric == "val_loss":
+        return "min"
+    if metric == "val_auroc" or metric.startswith("val_tpr_at_fpr_"):
+        return "max"
+    raise ConfigError("training.early_stopping_metric", "expected val_auroc, val_loss or val_tpr_at_fpr_<fpr>", metric)
+
+
+def update_early_stopping(best: dict, value: float, epoch: int, mode: str) -> tuple[dict, bool]:
+    """``(new state, improved)``: ``best`` holds ``value``, ``epoch`` and
+    ``epochs_without_improvement``; a strict improvement (``mode`` 'min' or 'max') resets it."""
+    improved = best["value"] is None or (value < best["value"] if mode == "min" else value > best["value"])
+    if improved:
+        return {"value": value, "epoch": epoch, "epochs_without_improvement": 0}, True
+    return best | {"epochs_without_improvement": best["epochs_without_improvement"] + 1}, False
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str) -> float:
+    """Learning-rate multiplier at optimizer step ``step``: linear warm-up over ``warmup_steps``
+    (from 1/warmup_steps to 1), then cosine decay to 0 at ``total_steps`` ('cosine') or 1 ('none')."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "none":
+        return 1.0
+    progress_frac = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.5 * (1.0 + math.cos(math.pi * progress_frac))
+
+
+def loss_per_sample(logits: torch.Tensor, labels: torch.Tensor, kind: str, focal_gamma: float) -> torch.Tensor:
+    """BCE with logits, or focal loss ``(1 - p_t)^gamma * BCE``, per sample (float32)."""
+    logits = logits.float()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    if kind == "bce":
+        return bce
+    p = torch.sigmoid(logits)
+    p_t = p * labels + (1 - p) * (1 - labels)
+    return (1 - p_t) ** focal_gamma * bce
+
+
+# ---------------------------------------------------------------- one epoch
+
+
+def _amp_dtype(device: torch.device, enabled: bool):
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def train_one_epoch(model, loader, n_batches, optimizer, scheduler, scaler, cfg: ExperimentConfig, device, amp_dtype, desc) -> dict:
+    """One pass over the training loader; returns mean weighted loss, stamps, images/s."""
+    model.train()
+    t = cfg.training
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    total_loss, total_n = 0.0, 0
+    t0 = time.perf_counter()
+    for batch in progress(loader, n_batches, desc):
+        x = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        y = batch["label"].to(device, non_blocking=True)
+        w = batch["weight"].to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x)
+        loss = (loss_per_sample(logits, y, t.loss, t.focal_gamma) * w).mean()
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        total_loss += float(loss.detach()) * len(y)
+        total_n += len(y)
+    elapsed = time.perf_counter() - t0
+    return {"train_loss": total_loss / max(total_n, 1), "train_stamps": total_n, "train_images_per_s": total_n / max(elapsed, 1e-9)}
+
+
+@torch.inference_mode()
+def predict(model, loader, n_batches, device, amp_dtype, desc) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(rows, labels, logits)`` over a loader, sorted by global row index."""
+    model.eval()
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    rows, labels, logits = [], [], []
+    for batch in progress(loader, n_batches, desc):
+        x = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = model(x)
+        rows.append(batch["row"].numpy())
+        labels.append(batch["label"].numpy())
+        logits.append(out.float().cpu().numpy())
+    rows, labels, logits = np.concatenate(rows), np.concatenate(labels), np.concatenate(logits).astype(np.float64)
+    order = np.argsort(rows)
+    return rows[order], labels[order].astype(np.int64), logits[order]
+
+
+def evaluate(model, loader, n_batches, index: StampIndex, cfg: ExperimentConfig, device, amp_dtype, desc) -> dict:
+    """Validation/test report: loss, AUROC, TPR at the FPR targets, completeness bins."""
+    rows, labels, logits = predict(model, loader, n_batches, device, amp_dtype, desc)
+    scores = 1.0 / (1.0 + np.exp(-logits))
+    loss = float(loss_per_sample(torch.from_numpy(logits), torch.from_numpy(labels.astype(np.float32)), cfg.training.loss, cfg.training.focal_gamma).mean())
+    truth = {c: index.meta[c][rows].astype(np.float64) for c in TRUTH_COLUMNS if c in index.meta}
+    report = classification_report(labels, scores, cfg.evaluation.fpr_targets, cfg.evaluation.score_threshold, truth)
+    report["loss"] = loss
+    return report
+
+
+def flat_metrics(prefix: str, report: dict) -> dict:
+    """``{prefix}_loss``, ``{prefix}_auroc``, ``{prefix}_tpr_at_fpr_<f>`` from a report."""
+    out = {f"{prefix}_loss": report["loss"], f"{prefix}_auroc": report["auroc"]}
+    for key, entry in report["tpr_at_fpr"].items():
+        out[f"{prefix}_tpr_at_fpr_{key}"] = entry["tpr"]
+    return out
+
+
+# ---------------------------------------------------------------- the run
+
+
+def _gate_sample(index: StampIndex, rows: np.ndarray, n_max: int, seed: int, split: str) -> dict:
+    """Up to ``n_max`` rows of a split (seeded choice), raw images and truth columns."""
+    if len(rows) > n_max:
+        rows = np.sort(rng_from_seed(stable_hash64("gates", seed, split)).choice(rows, n_max, replace=False))
+    nan = np.full(len(rows), np.nan)
+    out = {"rows": rows, "images": load_images(index, rows), "label": index.meta[COL.label][rows]}
+    for c in (COL.ra, COL.dec, *TRUTH_COLUMNS):
+        out[c] = index.meta[c][rows].astype(np.float64) if c in index.meta else nan
+    return out
+
+
+def json_safe(obj):
+    """``obj`` with non-finite floats as None and numpy scalars as Python ones (strict JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(json_safe(obj), indent=2, allow_nan=False))
+    tmp.replace(path)
+
+
+def fit(cfg: ExperimentConfig, data: str, resume: str | None = None, run_gates: bool = True) -> dict:
+    """Train on ``data`` per ``cfg`` (``cfg.output_dir`` receives the outputs); returns the
+    metrics dict also written to ``metrics.json``. ``resume``: a ``last.pt`` to continue from."""
+    from trainer.gates import run_gates as gates
+
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg.to_yaml(out_dir / "config.yaml")
+    t = cfg.training
+    set_all_seeds(cfg.seeds)
+    device = pick_device(t.device)
+    amp_dtype = _amp_dtype(device, t.amp)
+    mode = early_stopping_mode(t.early_stopping_metric)
+    seed = cfg.seeds.global_seed
+
+    index = StampIndex.scan(data)
+    train_rows, val_rows, test_rows = index.rows("train"), index.rows("val"), index.rows("test")
+    for name, rows in (("train", train_rows), ("val", val_rows)):
+        if len(rows) == 0:
+            raise ValueError(f"{data}: the {name} split is empty")
+    weights, hardneg_report = None, None
+    if cfg.hard_negatives.enabled:
+        for c in (COL.ra, COL.dec):
+            if c not in index.meta:
+                raise ValueError(f"{data}: no '{c}' column, cannot join hard negatives by position")
+        join = join_hard_negatives(
+            index.meta[COL.ra],
+            index.meta[COL.dec],
+            index.meta[COL.label],
+            load_lookup(cfg.hard_negatives.hard_neg_path),
+            cfg.hard_negatives.match_radius_arcsec,
+            cfg.hard_negatives.hard_neg_weight,
+        )
+        weights, hardneg_report = join.weights, join.report
+        log.info("hard negatives: %d matched negatives (%s)", join.report["matched_negatives"], json.dumps(join.report["by_source"]))
+
+    pre = PreprocessConfig.from_training(t)
+    train_ds = StampDataset(index, train_rows, t.batch_size, pre, weights=weights, shuffle=True, augment=t.augment, seed=seed)
+    val_ds = StampDataset(index, val_rows, t.batch_size, pre)
+    pin = device.type == "cuda"
+    train_loader, val_loader = make_loader(train_ds, t.num_workers, pin), make_loader(val_ds, t.num_workers, pin)
+    n_train_batches, n_val_batches = train_ds.n_batches(t.num_workers), val_ds.n_batches(t.num_workers)
+
+    model = build_model(cfg.model).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay)
+    warmup, total = t.warmup_epochs * n_train_batches, t.epochs * n_train_batches
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, total, t.scheduler))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+
+    history: list[dict] = []
+    best = {"value": None, "epoch": None, "epochs_without_improvement": 0}
+    start_epoch = 0
+    if resume:
+        ckpt = load_checkpoint(resume, map_location=device)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt["scaler"]:
+            scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["torch_rng_state"])
+        history, best = list(ckpt["history"]), dict(ckpt["early_stopping"])
+        start_epoch = int(ckpt["epoch"]) + 1
+        log.info("resumed from %s at epoch %d", resume, start_epoch)
+
+    git = git_info()
+    metrics = {
+        "config": cfg.to_dict(),
+        "git": git,
+        "data": {"path": str(data), "n_train": int(len(train_rows)), "n_val": int(len(val_rows)), "n_test": int(len(test_rows))},
+        "device": str(device),
+        "amp_dtype": str(amp_dtype) if amp_dtype else None,
+        "hard_negatives": hardneg_report,
+        "early_stopping": {"metric": t.early_stopping_metric, "mode": mode, "patience": t.early_stopping_patience},
+        "epochs": history,
+    }
+
+    def state(epoch: int, epoch_metrics: dict) -> dict:
+        return {
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "config": cfg.to_dict(),
+            "preprocess": pre.to_dict(),
+            "git": git,
+            "metrics": epoch_metrics,
+            "history": history,
+            "early_stopping": best,
+            "torch_rng_state": torch.get_rng_state(),
+        }
+
+    for epoch in range(start_epoch, t.epochs):
+        if best["epochs_without_improvement"] >= t.early_stopping_patience:
+            break
+        train_ds.set_epoch(epoch)
+        record = {"epoch": epoch, "lr": scheduler.get_last_lr()[0]}
+        record |= train_one_epoch(model, train_loader, n_train_batches, optimizer, scheduler, scaler, cfg, device, amp_dtype, f"epoch {epoch} train")
+        val_report = evaluate(model, val_loader, n_val_batches, index, cfg, device, amp_dtype, f"epoch {epoch} val")
+        record |= flat_metrics("val", val_report)
+        record["val"] = val_report
+        value = record.get(t.early_stopping_metric)
+        if value is None:
+            raise ConfigError("training.early_stopping_metric", f"not among the epoch metrics {sorted(k for k in record if k.startswith('val_'))}", t.early_stopping_metric)
+        best, improved = update_early_stopping(best, value, epoch, mode)
+        history.append(record)
+        log.info("epoch %d: train_loss %.4f val_loss %.4f val_auroc %s", epoch, record["train_loss"], record["val_loss"], record["val_auroc"])
+        if improved:
+            save_checkpoint(out_dir / "best.pt", state(epoch, record))
+            from safetensors.torch import save_file
+
+            save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(out_dir / "best.safetensors"))
+        save_checkpoint(out_dir / "last.pt", state(epoch, record))
+        metrics["epochs"], metrics["best"] = history, best
+        _write_json(out_dir / "metrics.json", metrics)
+    metrics["stopped_early"] = len(history) < t.epochs
+
+    # Final reports use the best epoch's weights.
+    model.load_state_dict(load_checkpoint(out_dir / "best.pt", map_location=device)["model"])
+    if len(test_rows):
+        test_ds = StampDataset(index, test_rows, t.batch_size, pre)
+        metrics["test"] = evaluate(model, make_loader(test_ds, t.num_workers, pin), test_ds.n_batches(t.num_workers), index, cfg, device, amp_dtype, "test")
+    if run_gates:
+        n_max = cfg.evaluation.gate_max_stamps
+        score_fn = make_score_fn(model, pre, device, t.batch_size)
+        metrics["gates"] = gates(
+            score_fn,
+            _gate_sample(index, val_rows, n_max, seed, "val"),
+            _gate_sample(index, train_rows, n_max, seed, "train"),
+            pre,
+            cfg.evaluation,
+            cfg.data.pixel_scale_arcsec,
+            seed,
+        )
+    metrics["best"] = best
+    _write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if args.resume:
+        base = from_dict(load_checkpoint(args.resume)["config"])
+    elif args.config:
+        base = load_config(args.config, args.out_dir)
+    else:
+        base = ExperimentConfig()
+    cfg = apply_overrides(base, args)
+    metrics = fit(cfg, args.data, resume=args.resume, run_gates=not args.no_gates)
+    print(json.dumps({"best": metrics["best"], "out_dir": cfg.output_dir}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
