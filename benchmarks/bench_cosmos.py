@@ -1,0 +1,116 @@
+"""Benchmark: a COSMOS-source 3-band stamp vs a Sersic-source stamp, one core, same process.
+
+Both: 64 x 64 at 0.262", SIE + shear, per-band Gaussian PSF (g 1.5", r 1.3", z 1.2"), lens and
+source positions from the default InjectionPriors (theta_E 0.5-3"). Sersic: ``render_lensed_sersic``
+(fast path, oversample 4, the physics core's default). COSMOS: the 15 real HST galaxies of
+tests/data/cosmos (AEGIS deconvolved to a 0.1" Gaussian + COSMOS F814W as-is), fast path at
+``COSMOS_OVERSAMPLE`` (8) with the same PSF step (``render.apply_bands``). The two are timed
+interleaved, case by case, over several rounds (the machine is shared); the median round gives
+stamps/s and the ratio. Also printed: COSMOS fast vs exact path (relative L1 before the PSF,
+flux ratio), and the first-call numba time of the COSMOS kernel (cache warm or cold as found).
+
+    .venv/bin/python benchmarks/bench_cosmos.py            # ~1 minute
+    .venv/bin/python benchmarks/bench_cosmos.py --quick    # ~20 s
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ[_var] = "1"  # one core, for both contenders
+
+import argparse  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+SIZE, PIX, SERSIC_OVERSAMPLE = 64, 0.262, 4
+FWHM = (1.5, 1.3, 1.2)
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "cosmos"
+
+
+def build_real_sources(workdir: str):
+    from dhs_spark.sims.cosmos import COSMOSLoaderV2
+    from dhs_spark.sims.cosmos_build import build_library
+
+    sources = []
+    for sub, catalog in (("aegis_hst_5", "AEGIS_F814w_catalog.fits"), ("cosmos_f814w_10", "real_galaxy_catalog_23.5.fits")):
+        path = os.path.join(workdir, f"{sub}.h5")
+        build_library(path, catalog, galsim_dir=str(DATA / sub), gal_type="real")
+        loader = COSMOSLoaderV2(path)
+        sources += [loader.source_by_index(i) for i in range(len(loader))]
+    return sources
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer cases and rounds")
+    parser.add_argument("--cases", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=None)
+    args = parser.parse_args()
+    n_cases = args.cases or (30 if args.quick else 60)
+    n_rounds = args.rounds or (3 if args.quick else 7)
+
+    from dhs_spark.config.experiment import InjectionPriors
+    from dhs_spark.sims.cosmos import COSMOS_OVERSAMPLE
+    from dhs_spark.sims.inject import band_fluxes_nmgy
+    from dhs_spark.sims.priors import lens_from_params, sample_injection, sersic_from_params
+    from dhs_spark.sims.render import apply_bands, band_psf_kernels, render_lensed_sersic, unit_lensed_image_exact
+
+    with tempfile.TemporaryDirectory() as tmp:
+        galaxies = build_real_sources(tmp)
+    cases = []
+    for i in range(n_cases):
+        p = sample_injection(InjectionPriors(), (0.5, 3.0), 1000 + i)
+        flux = band_fluxes_nmgy(p["source_r_mag"], p["source_color_g_r"], p["source_color_r_z"])
+        galaxy = galaxies[i % len(galaxies)].at(p["source_x_arcsec"], p["source_y_arcsec"], p["source_phi_rad"])
+        cases.append((lens_from_params(p), sersic_from_params(p), galaxy, flux))
+
+    def cosmos_stamp(lens, galaxy, flux):
+        unit = galaxy.unit_lensed_image_fast(SIZE, PIX, COSMOS_OVERSAMPLE, lens)
+        return apply_bands(unit, flux, band_psf_kernels(3, PIX, FWHM))
+
+    def sersic_stamp(lens, sersic, flux):
+        return render_lensed_sersic(SIZE, PIX, SERSIC_OVERSAMPLE, lens, sersic, flux, psf_fwhm=FWHM)
+
+    lens0, sersic0, galaxy0, flux0 = cases[0]
+    t0 = time.perf_counter()
+    cosmos_stamp(lens0, galaxy0, flux0)
+    first_call_s = time.perf_counter() - t0
+    sersic_stamp(lens0, sersic0, flux0)
+
+    rounds = []
+    for _ in range(n_rounds):
+        t_sersic = t_cosmos = 0.0
+        for lens, sersic, galaxy, flux in cases:
+            t = time.perf_counter()
+            sersic_stamp(lens, sersic, flux)
+            t_sersic += time.perf_counter() - t
+            t = time.perf_counter()
+            cosmos_stamp(lens, galaxy, flux)
+            t_cosmos += time.perf_counter() - t
+        rounds.append((t_sersic, t_cosmos))
+    ratios = sorted(c / s for s, c in rounds)
+    t_sersic, t_cosmos = sorted(rounds, key=lambda r: r[1] / r[0])[len(rounds) // 2]
+
+    l1, flux_ratio = [], []
+    for lens, _, galaxy, _ in cases[: min(15, n_cases)]:
+        exact = unit_lensed_image_exact(SIZE, PIX, COSMOS_OVERSAMPLE, lens, galaxy)
+        fast = galaxy.unit_lensed_image_fast(SIZE, PIX, COSMOS_OVERSAMPLE, lens)
+        l1.append(np.abs(fast - exact).sum() / np.abs(exact).sum())
+        flux_ratio.append(fast.sum() / exact.sum())
+
+    print(f"cases {n_cases} x rounds {n_rounds}; 3-band {SIZE}x{SIZE} stamps at {PIX}\"/pix, PSF FWHM g/r/z {FWHM}")
+    print(f"Sersic (fast, oversample {SERSIC_OVERSAMPLE}):  {n_cases / t_sersic:8.1f} stamps/s")
+    print(f"COSMOS (fast, oversample {COSMOS_OVERSAMPLE}):  {n_cases / t_cosmos:8.1f} stamps/s")
+    print(f"cost ratio COSMOS / Sersic: {t_cosmos / t_sersic:.2f} (median round; all rounds {', '.join(f'{r:.2f}' for r in ratios)}); target <= 1.5")
+    print(f"COSMOS fast vs exact (before PSF): relative L1 max {max(l1):.2e}, median {np.median(l1):.2e}; flux ratio {min(flux_ratio):.5f}-{max(flux_ratio):.5f}")
+    print(f"COSMOS first call (numba compile or cache load): {first_call_s:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
