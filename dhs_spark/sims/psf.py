@@ -17,6 +17,7 @@ renormalised to sum 1 (:func:`cap_kernel`).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -43,8 +44,9 @@ def _check(fwhm_arcsec: float, pixscale_arcsec: float, size: Optional[int]) -> N
         raise ValueError(f"PSF kernel size must be a positive odd integer (got {size!r})")
 
 
-def gaussian_kernel_1d(fwhm_arcsec: float, pixscale_arcsec: float, size: Optional[int] = None) -> np.ndarray:
-    """Pixel-integrated 1-D Gaussian, odd length, centred, sum 1 (the 2-D kernel is its outer product)."""
+@functools.lru_cache(maxsize=1024)
+def gaussian_kernel_1d_cached(fwhm_arcsec: float, pixscale_arcsec: float, size: Optional[int] = None) -> np.ndarray:
+    """:func:`gaussian_kernel_1d`, memoised and read-only (renderers reuse one kernel per band and brick)."""
     from scipy.special import erf
 
     _check(fwhm_arcsec, pixscale_arcsec, size)
@@ -52,7 +54,14 @@ def gaussian_kernel_1d(fwhm_arcsec: float, pixscale_arcsec: float, size: Optiona
     sigma_pix = fwhm_arcsec / FWHM_PER_SIGMA / pixscale_arcsec
     edges = (np.arange(size + 1) - size / 2.0) / (math.sqrt(2.0) * sigma_pix)
     k = np.diff(erf(edges))
-    return k / k.sum()
+    k /= k.sum()
+    k.setflags(write=False)
+    return k
+
+
+def gaussian_kernel_1d(fwhm_arcsec: float, pixscale_arcsec: float, size: Optional[int] = None) -> np.ndarray:
+    """Pixel-integrated 1-D Gaussian, odd length, centred, sum 1 (the 2-D kernel is its outer product)."""
+    return gaussian_kernel_1d_cached(float(fwhm_arcsec), float(pixscale_arcsec), size).copy()
 
 
 def gaussian_kernel(fwhm_arcsec: float, pixscale_arcsec: float, size: Optional[int] = None) -> np.ndarray:
@@ -110,6 +119,18 @@ def cap_kernel(kernel: np.ndarray, stamp_size: int) -> np.ndarray:
     return k / k.sum()
 
 
+def cap_kernel_1d(kernel_1d: np.ndarray, stamp_size: int) -> np.ndarray:
+    """A 1-D odd kernel cropped about its centre to at most the largest odd length <= ``stamp_size``, renormalised to sum 1."""
+    k = np.asarray(kernel_1d, dtype=np.float64)
+    if k.ndim != 1 or k.size % 2 == 0:
+        raise ValueError(f"1-D kernel must have odd length (got shape {k.shape})")
+    cap = stamp_size if stamp_size % 2 == 1 else stamp_size - 1
+    if k.size > cap:
+        cut = (k.size - cap) // 2
+        k = k[cut : cut + cap]
+    return k / k.sum()
+
+
 def convolve_same(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """Convolve a 2-D image with an odd kernel, output the image's shape, centre preserved.
 
@@ -128,23 +149,41 @@ def convolve_same(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return signal.fftconvolve(img, k, mode="same")
 
 
-def convolve_separable_same(image: np.ndarray, kernel_1d: np.ndarray) -> np.ndarray:
-    """Convolve a 2-D image with outer(k, k) by two 1-D passes (same shape, centre preserved, zero padding).
+# Up to this image side the two 1-D passes are two BLAS products with banded matrices, O(N^3)
+# but fast: 64 x 64 with a 31-tap kernel 20 us vs 130 us for ndimage.convolve1d, 256 x 256
+# 1.5 ms vs 2.5 ms (one core); the O(N^2 K) scipy passes win from ~400 pixels.
+_BANDED_MATMUL_MAX_SIDE = 256
 
-    The 1-D kernel is capped to the image size and renormalised like :func:`cap_kernel`.
+
+@functools.lru_cache(maxsize=32)
+def _banded_convolution_matrix(kernel_bytes: bytes, n: int) -> np.ndarray:
+    """T (n x n, read-only) with (T @ x)[i] = sum_t k[t] x[i + h - t], zero outside x: T[i, s] = k[i - s + h]."""
+    k = np.frombuffer(kernel_bytes, dtype=np.float64)
+    d = np.arange(n)[:, None] - np.arange(n)[None, :] + k.size // 2
+    t = np.where((d >= 0) & (d < k.size), k[np.clip(d, 0, k.size - 1)], 0.0)
+    t.setflags(write=False)
+    return t
+
+
+def convolve_separable_same(image: np.ndarray, kernel_1d: np.ndarray) -> np.ndarray:
+    """Convolve a 2-D image with outer(k, k) by two 1-D passes (same shape, centre preserved, zero padding), float64.
+
+    The 1-D kernel is capped to the image size and renormalised (:func:`cap_kernel_1d`). Images
+    up to 256 pixels a side: T_rows @ image @ T_cols^T with banded Toeplitz matrices (memoised per
+    kernel and side); larger ones: scipy.ndimage.convolve1d along each axis. Both are true
+    convolutions, out[i] = sum_t k[t] in[i + h - t] with h = len(k) // 2.
     """
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim != 2:
+        raise ValueError(f"convolve_separable_same needs a 2-D image (got shape {img.shape})")
+    k = cap_kernel_1d(kernel_1d, min(img.shape))
+    n_rows, n_cols = img.shape
+    if max(n_rows, n_cols) <= _BANDED_MATMUL_MAX_SIDE:
+        kb = k.tobytes()
+        return _banded_convolution_matrix(kb, n_rows) @ img @ _banded_convolution_matrix(kb, n_cols).T
     from scipy import ndimage
 
-    k = np.asarray(kernel_1d, dtype=np.float64)
-    if k.ndim != 1 or k.size % 2 == 0:
-        raise ValueError(f"1-D kernel must have odd length (got shape {k.shape})")
-    n = min(image.shape)
-    cap = n if n % 2 == 1 else n - 1
-    if k.size > cap:
-        cut = (k.size - cap) // 2
-        k = k[cut : cut + cap]
-    k = k / k.sum()
-    out = ndimage.convolve1d(np.asarray(image, dtype=np.float64), k, axis=0, mode="constant")
+    out = ndimage.convolve1d(img, k, axis=0, mode="constant")
     return ndimage.convolve1d(out, k, axis=1, mode="constant")
 
 
