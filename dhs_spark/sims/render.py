@@ -414,12 +414,19 @@ def render_lensed_source(
 
 
 def unit_lensed_image(size: int, pixscale_arcsec: float, oversample: int, lens: LensLike, source, method: str = "fast") -> np.ndarray:
-    """Unit-flux lensed image, float64 (size, size): the fast path for Sersic sources unless ``method='exact'``."""
+    """Unit-flux lensed image, float64 (size, size): the fast path unless ``method='exact'``.
+
+    Sersic sources use the fused kernel here; any other source may bring its own fast renderer
+    as a method ``unit_lensed_image_fast(size, pixscale_arcsec, oversample, lens)`` (the COSMOS
+    image source does); sources without one take the exact path.
+    """
     if method not in ("fast", "exact"):
         raise ValueError(f"method must be 'fast' or 'exact' (got {method!r})")
     source = as_source(source)
     if method == "fast" and isinstance(source, SersicSource):
         return unit_lensed_sersic_fast(size, pixscale_arcsec, oversample, lens, source)
+    if method == "fast" and hasattr(source, "unit_lensed_image_fast"):
+        return source.unit_lensed_image_fast(size, pixscale_arcsec, oversample, as_lens(lens))
     return unit_lensed_image_exact(size, pixscale_arcsec, oversample, lens, source)
 
 
