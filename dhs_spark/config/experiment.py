@@ -209,7 +209,7 @@ class ExperimentConfig:
         to_yaml(self, path)
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike) -> "ExperimentConfig":
+    def from_yaml(cls, path: str | os.PathLike) -> ExperimentConfig:
         return from_yaml(path)
 
 
