@@ -1,0 +1,267 @@
+"""Phase 4a: the manifest, one row per stamp to make (MANIFEST_COLUMNS of dhs_spark.schema).
+
+Hosts come from the parent sample (LRGs, optionally selected here from sweep rows) joined to
+the bricks table for each brick's PSF FWHM per band. Each host is expanded into manifest rows
+by :func:`expand_hosts`, a pure pandas function (run by ``mapInPandas``, testable without Spark):
+
+- Tiers: ``debug`` (the first ``debug_hosts`` hosts in (brickname, ra, dec) order, one sampled
+  configuration each), ``grid`` (every host x every grid cell: theta_E on
+  :data:`GRID_THETA_E_STEPS` points across ``data.theta_e_range`` x source r magnitude on
+  :data:`GRID_R_MAG_STEPS` points across ``priors.source_r_mag_range``; the other parameters
+  sampled) and ``train`` (every host x ``data.n_replicates`` sampled configurations).
+- Controls: a host is a *control host* when hash(global seed, host) < ``data.control_fraction``.
+  ``unpaired`` (default): control hosts give only controls, the others only injections, so no
+  cutout appears with and without an arc. ``paired``: control hosts give their injections too,
+  plus the control twin (same cutout, no arc).
+- Splits: hash(nside, HEALPix NESTED cell of the host) against the cumulative
+  ``data.split_fractions`` (in the config's order). The split depends on the sky cell only, so
+  one sky patch is in one split across every experiment that shares nside and fractions.
+- Randomness: every sampled quantity comes from ``task_seed(global seed, brickname, ra, dec,
+  config id, replicate)``; the task id is that seed in hex.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from dhs_spark.config.seeds import stable_hash64, task_seed
+from dhs_spark.errors import InputDataError
+from dhs_spark.jobs import paths as P
+from dhs_spark.schema import MANIFEST_COLUMNS, spark_schema
+
+log = logging.getLogger("dhs.jobs.4a")
+
+GRID_THETA_E_STEPS = 6
+GRID_R_MAG_STEPS = 4
+CONTROL_CONFIG_ID = "control"
+HOST_COLUMNS = ("brickname", "ra", "dec", "psf_fwhm_g_arcsec", "psf_fwhm_r_arcsec", "psf_fwhm_z_arcsec", "psf_fallback_bands")
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """One configuration: ``theta_e_range`` (arcsec; lo == hi fixes it) and an optional fixed
+    unlensed source r magnitude (AB)."""
+
+    config_id: str
+    theta_e_range: tuple[float, float]
+    source_r_mag: float | None = None
+
+
+@dataclass(frozen=True)
+class ManifestParams:
+    """Everything :func:`expand_hosts` needs (picklable, shipped to executors)."""
+
+    experiment_id: str
+    global_seed: int
+    tier: str
+    cells: tuple[GridCell, ...]
+    n_replicates: int
+    control_type: str
+    control_fraction: float
+    split_fractions: tuple[tuple[str, float], ...]
+    healpix_nside: int
+    priors: object  # dhs_spark.config.InjectionPriors
+
+
+def grid_cells(cfg, tier: str) -> tuple[GridCell, ...]:
+    """The configurations of ``tier`` (see the module docstring)."""
+    lo, hi = (float(v) for v in cfg.data.theta_e_range)
+    if tier != "grid":
+        return (GridCell(tier, (lo, hi)),)
+    m_lo, m_hi = (float(v) for v in cfg.priors.source_r_mag_range)
+    cells = []
+    for te in np.linspace(lo, hi, GRID_THETA_E_STEPS):
+        for mag in np.linspace(m_lo, m_hi, GRID_R_MAG_STEPS):
+            te_r, mag_r = round(float(te), 4), round(float(mag), 3)
+            cells.append(GridCell(f"grid_te{te_r:.4f}_mr{mag_r:.3f}", (te_r, te_r), mag_r))
+    return tuple(cells)
+
+
+def manifest_params(cfg, tier: str) -> ManifestParams:
+    if tier not in ("debug", "grid", "train"):
+        raise ValueError(f"tier must be debug, grid or train (got {tier!r})")
+    return ManifestParams(
+        experiment_id=cfg.experiment_id,
+        global_seed=int(cfg.seeds.global_seed),
+        tier=tier,
+        cells=grid_cells(cfg, tier),
+        n_replicates=1 if tier == "debug" else int(cfg.data.n_replicates),
+        control_type=cfg.data.control_type,
+        control_fraction=float(cfg.data.control_fraction),
+        split_fractions=tuple((str(k), float(v)) for k, v in cfg.data.split_fractions.items()),
+        healpix_nside=int(cfg.data.healpix_nside),
+        priors=cfg.priors,
+    )
+
+
+def split_of_cell(cell: int, nside: int, split_fractions: tuple[tuple[str, float], ...]) -> str:
+    """The split of HEALPix cell ``cell``: its hash in [0, 1) against the cumulative fractions."""
+    u = stable_hash64("split", int(nside), int(cell)) / 2.0**64
+    edge = 0.0
+    for name, frac in split_fractions:
+        edge += frac
+        if u < edge:
+            return name
+    return split_fractions[-1][0]  # u within rounding of 1
+
+
+def is_control_host(global_seed: int, brickname: str, ra: float, dec: float, control_fraction: float) -> bool:
+    return stable_hash64(int(global_seed), "control-host", str(brickname), float(ra), float(dec)) / 2.0**64 < control_fraction
+
+
+def _row(params: ManifestParams, host: dict, cell_id: int, split: str, config_id: str, replicate: int, control: bool) -> dict:
+    seed = task_seed(params.global_seed, host["brickname"], host["ra"], host["dec"], config_id, replicate)
+    row = {c.name: None for c in MANIFEST_COLUMNS}
+    row.update({k: host[k] for k in HOST_COLUMNS})
+    row.update(
+        task_id=f"{seed:016x}",
+        experiment_id=params.experiment_id,
+        config_id=config_id,
+        tier=params.tier,
+        split=split,
+        healpix_index=cell_id,
+        replicate=replicate,
+        task_seed=seed,
+        is_control=control,
+        label=0 if control else 1,
+    )
+    if control:
+        row["theta_e_arcsec"] = 0.0
+    return row
+
+
+def expand_hosts(hosts, params: ManifestParams):
+    """Manifest rows (pandas DataFrame of MANIFEST_COLUMNS) for a pandas DataFrame of hosts.
+
+    ``hosts`` needs :data:`HOST_COLUMNS`. Row order follows the input, then cell, then replicate.
+    """
+    import pandas as pd
+
+    from dhs_spark.healpix import healpix_index
+    from dhs_spark.sims.priors import sample_injection
+
+    missing = [c for c in HOST_COLUMNS if c not in hosts.columns]
+    if missing:
+        raise InputDataError(f"4a hosts: missing columns {missing} (have {list(hosts.columns)})")
+    rows = []
+    if len(hosts):
+        cells = healpix_index(hosts["ra"].to_numpy(), hosts["dec"].to_numpy(), params.healpix_nside)
+        for host, cell in zip(hosts[list(HOST_COLUMNS)].to_dict("records"), cells):
+            host["ra"], host["dec"] = float(host["ra"]), float(host["dec"])
+            split = split_of_cell(int(cell), params.healpix_nside, params.split_fractions)
+            control_host = is_control_host(params.global_seed, host["brickname"], host["ra"], host["dec"], params.control_fraction)
+            for replicate in range(params.n_replicates):
+                if not (control_host and params.control_type == "unpaired"):
+                    for gc in params.cells:
+                        row = _row(params, host, int(cell), split, gc.config_id, replicate, False)
+                        row.update(sample_injection(params.priors, gc.theta_e_range, row["task_seed"]))
+                        if gc.source_r_mag is not None:
+                            row["source_r_mag"] = gc.source_r_mag
+                        rows.append(row)
+                if control_host:
+                    rows.append(_row(params, host, int(cell), split, CONTROL_CONFIG_ID, replicate, True))
+    frame = pd.DataFrame(rows, columns=[c.name for c in MANIFEST_COLUMNS])
+    return frame.astype({"replicate": "int32", "label": "int32", "healpix_index": "int64", "task_seed": "int64"})
+
+
+def _read_table(spark, uri: str):
+    """A Spark DataFrame of a .parquet (file or dir), .csv or .fits table, columns lower-cased."""
+    name = uri.lower().rstrip("/")
+    if name.endswith((".csv", ".csv.gz")):
+        df = spark.read.csv(uri, header=True, inferSchema=True)
+    elif name.endswith((".fits", ".fits.gz", ".fit")):
+        import tempfile
+
+        from astropy.table import Table
+
+        local = P.copy_to_local(spark, uri, tempfile.mkdtemp(prefix="dhs4a_"))
+        tab = Table.read(local, hdu=1)
+        pdf = tab[[c for c in tab.colnames if tab[c].ndim <= 1]].to_pandas()
+        for col in pdf.columns:
+            if pdf[col].dtype == object:
+                pdf[col] = pdf[col].map(lambda v: v.decode("ascii").strip() if isinstance(v, bytes) else v)
+        df = spark.createDataFrame(pdf)
+    else:
+        df = spark.read.parquet(uri)
+    return df.toDF(*[c.lower() for c in df.columns])
+
+
+def host_frame(spark, inputs, cfg, tier: str, debug_hosts: int):
+    """Spark DataFrame of hosts (HOST_COLUMNS): parent sample joined to the bricks table."""
+    import tempfile
+
+    from pyspark.sql import functions as F
+
+    from dhs_spark.survey.bricks import load_bricks_table
+
+    if not inputs.parent_sample or not inputs.bricks_table:
+        raise InputDataError("4a needs --parent-sample and --bricks-table (or --mock-survey)")
+    parent = _read_table(spark, P.to_uri(inputs.parent_sample))
+    if inputs.select_lrg:
+        from dhs_spark.survey.parent import select_lrg
+
+        variant = cfg.data.phase3_parent_sample
+
+        def select(batches: Iterator):
+            for pdf in batches:
+                yield pdf.loc[select_lrg(pdf, variant)]
+
+        parent = parent.mapInPandas(select, parent.schema)
+    for col in ("brickname", "ra", "dec"):
+        if col not in parent.columns:
+            raise InputDataError(f"{inputs.parent_sample}: parent sample has no {col!r} column (columns: {parent.columns})")
+    bricks_local = P.copy_to_local(spark, P.to_uri(inputs.bricks_table), tempfile.mkdtemp(prefix="dhs4a_"))
+    bricks = load_bricks_table(bricks_local)
+    fallback = bricks[[f"psf_fwhm_{b}_fallback" for b in "grz"]].to_numpy()
+    bricks["psf_fallback_bands"] = [",".join(b for b, f in zip("grz", flags) if f) for flags in fallback]
+    bricks_df = spark.createDataFrame(bricks[["brickname", "psf_fwhm_g_arcsec", "psf_fwhm_r_arcsec", "psf_fwhm_z_arcsec", "psf_fallback_bands"]])
+    hosts = (
+        parent.select(F.trim(F.col("brickname").cast("string")).alias("brickname"), F.col("ra").cast("double"), F.col("dec").cast("double"))
+        .dropDuplicates(["brickname", "ra", "dec"])
+        .join(F.broadcast(bricks_df), "brickname", "left")
+    )
+    unknown = hosts.filter(F.col("psf_fwhm_r_arcsec").isNull() & F.col("psf_fallback_bands").isNull()).select("brickname").distinct().limit(5).collect()
+    if unknown:
+        raise InputDataError(f"{inputs.bricks_table}: no row for bricks {[r.brickname for r in unknown]} of the parent sample")
+    if tier == "debug":
+        hosts = hosts.orderBy("brickname", "ra", "dec").limit(debug_hosts)
+    return hosts.select(*HOST_COLUMNS)
+
+
+def produce(spark, cfg, paths: P.ExperimentPaths, inputs, opts, staging: str) -> dict:
+    """Write the manifest and its CSV summary into ``staging``; return the counts."""
+    params = manifest_params(cfg, opts.tier)
+    hosts = host_frame(spark, inputs, cfg, opts.tier, opts.debug_hosts)
+
+    def expand(batches):
+        for pdf in batches:
+            yield expand_hosts(pdf, params)
+
+    manifest = hosts.mapInPandas(expand, spark_schema(MANIFEST_COLUMNS))
+    out = P.join(staging, "manifest")
+    manifest.write.mode("overwrite").parquet(out)
+    written = spark.read.schema(spark_schema(MANIFEST_COLUMNS)).parquet(out)
+    summary = written.groupBy("tier", "split", "is_control").count().orderBy("tier", "split", "is_control").toPandas()
+    P.write_text(spark, P.join(staging, "summary.csv"), summary.to_csv(index=False))
+    n_rows = int(summary["count"].sum()) if len(summary) else 0
+    n_distinct = written.select("task_id").distinct().count()
+    if n_distinct != n_rows:
+        raise InputDataError(f"4a: {n_rows - n_distinct} duplicate task ids (duplicate hosts in {inputs.parent_sample}?)")
+    counts = {"n_rows": n_rows, "n_controls": int(summary.loc[summary["is_control"], "count"].sum()), "tier": opts.tier}
+    counts["n_injections"] = n_rows - counts["n_controls"]
+    log.info("4a manifest: %s", counts)
+    return counts
+
+
+def verify(spark, cfg, paths: P.ExperimentPaths, marker: dict) -> bool:
+    """Whether the committed manifest still holds ``marker['n_rows']`` distinct tasks."""
+    if not P.exists(spark, paths.manifest):
+        return False
+    df = spark.read.parquet(paths.manifest)
+    return df.count() == marker.get("n_rows") == df.select("task_id").distinct().count()
+
+
