@@ -204,24 +204,13 @@ def _sersic_points(xs, ys, lens_p, src_p, us, vs, sb):  # pragma: no cover - com
     lens_p (float32[9]) = (b = theta_e sqrt(q), q, cos phi, sin phi, gamma1, gamma2, cx, cy, e >= _FAST_MIN_E)
     src_p (float32[9]) = (sx, sy, cos phi_s, sin phi_s, sqrt(q_s), i_e e^b_n, b_n, 1/(2n), 1/r_eff^2)
     """
-    b, q, cph, sph, g1, g2, cx, cy, e = lens_p[0], lens_p[1], lens_p[2], lens_p[3], lens_p[4], lens_p[5], lens_p[6], lens_p[7], lens_p[8]
     sx, sy, cs, ss, sq, amp, bn, p, inv_re2 = src_p[0], src_p[1], src_p[2], src_p[3], src_p[4], src_p[5], src_p[6], src_p[7], src_p[8]
-    b_over_e = b / e
     inv_sq = _ONE / sq
     tiny = _F32(1e-30)
     for m in range(xs.size):
-        xx = xs[m]
-        yy = ys[m]
-        dx = xx - cx
-        dy = yy - cy
-        xp = cph * dx + sph * dy
-        yp = -sph * dx + cph * dy
-        # psi = 0 only at the centre itself, where xp = yp = 0 and the deflection is set to 0
-        inv_psi = _ONE / max(math.sqrt(q * q * xp * xp + yp * yp), tiny)
-        axp = b_over_e * _atan32(e * xp * inv_psi)
-        ayp = b_over_e * _atanh32(e * yp * inv_psi)
-        ddx = xx - (cph * axp - sph * ayp + g1 * dx + g2 * dy) - sx
-        ddy = yy - (sph * axp + cph * ayp + g2 * dx - g1 * dy) - sy
+        bx, by = sie_shear_point_f32(xs[m], ys[m], lens_p)
+        ddx = bx - sx
+        ddy = by - sy
         u = (cs * ddx + ss * ddy) * sq
         v = (-ss * ddx + cs * ddy) * inv_sq
         us[m] = u
