@@ -17,7 +17,10 @@ import numpy as np
 
 @dataclass
 class Section:
-    """One report section: a title, paragraphs (plain text, escaped), tables and figures."""
+    """One report section: a title, paragraphs (plain text, escaped), tables and figures.
+
+    Table cells: ``True`` / ``False`` render as PASS / FAIL (green / red), ``None`` and NaN as
+    n/a, floats with 4 significant digits; pass a string ("yes") for a boolean that is no verdict."""
 
     title: str
     paragraphs: list[str] = field(default_factory=list)
@@ -51,7 +54,14 @@ def grz_to_rgb(image_chw: np.ndarray, scale: float | None = None, q: float = 8.0
     return np.clip(rgb, 0.0, 1.0)
 
 
+def file_data_uri(path: str | Path, mime: str = "image/png") -> str:
+    """A file (e.g. a PNG another tool wrote) as a base64 data URI."""
+    return f"data:{mime};base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
 def _fmt(value) -> str:
+    if value is None:
+        return "n/a"
     if isinstance(value, bool):
         return "PASS" if value else "FAIL"
     if isinstance(value, float):
@@ -64,8 +74,8 @@ def _fmt(value) -> str:
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.45}
 h1{border-bottom:2px solid #333}h2{margin-top:2em;border-bottom:1px solid #ccc}
-table{border-collapse:collapse;margin:0.8em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}
-th{background:#eee}td:first-child,th:first-child{text-align:left}caption{font-weight:bold;text-align:left;padding:4px 0}
+table{border-collapse:collapse;margin:0.8em 0}td,th{border:1px solid #bbb;padding:3px 8px;text-align:left}
+th{background:#eee}td.num,td.pass,td.fail{text-align:right}caption{font-weight:bold;text-align:left;padding:4px 0}
 .pass{background:#d9f2d9}.fail{background:#f7d4d4}figure{display:inline-block;margin:0.5em}
 figcaption{font-size:0.85em;color:#555}img{max-width:100%}nav a{margin-right:1em}
 """
@@ -86,7 +96,10 @@ def render_html(title: str, sections: list[Section], subtitle: str = "") -> str:
             for row in rows:
                 cells = []
                 for value in row:
+                    # booleans are pass/fail cells; numbers right-aligned; text left
                     cls = " class='pass'" if value is True else " class='fail'" if value is False else ""
+                    if not cls and isinstance(value, (int, float, np.integer, np.floating)):
+                        cls = " class='num'"
                     cells.append(f"<td{cls}>{_fmt(value)}</td>")
                 parts.append("<tr>" + "".join(cells) + "</tr>")
             parts.append("</table>")

@@ -2,8 +2,11 @@
 
 Each stage writes a marker ``<out>/.stages/<name>.json`` holding its result summary, its
 duration and a fingerprint of its inputs when it finishes. A rerun with the same fingerprint
-reuses the stage (prints "reused") instead of redoing it; a changed fingerprint, or
-``force=True``, redoes it. A stage that raises leaves no marker.
+reuses the stage (prints "reused") instead of redoing it; a changed fingerprint, ``force=True``
+(every stage) or the stage's name in ``redo`` redoes it. A stage that raises leaves no marker
+(and a stale marker of an earlier run is removed before the stage starts). With ``cascade``
+(the default) stages form a chain: once one is redone, every later one is redone too, since
+later stages read what earlier ones wrote.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ class StageRunner:
 
     out_dir: Path
     force: bool = False
+    redo: frozenset = frozenset()
+    cascade: bool = True
     log: Callable[[str], None] = print
     timings_s: dict[str, float] = field(default_factory=dict)
     reused: dict[str, bool] = field(default_factory=dict)
@@ -30,9 +35,11 @@ class StageRunner:
         return Path(self.out_dir) / ".stages" / f"{name}.json"
 
     def run(self, index: int, total: int, name: str, fn: Callable[[], dict], fingerprint: str = "") -> dict:
-        """Run ``fn`` (returning a JSON-able summary dict) unless a matching marker exists."""
+        """Run ``fn`` (returning a JSON-able summary dict: plain types, no numpy scalars) unless a
+        matching marker exists; returns the summary as JSON would give it back."""
         marker = self._marker(name)
-        if not self.force and marker.exists():
+        upstream_redone = self.cascade and not all(self.reused.values())
+        if not self.force and not upstream_redone and name not in self.redo and marker.exists():
             saved = json.loads(marker.read_text())
             if saved.get("fingerprint") == fingerprint:
                 self.log(f"[{index}/{total}] {name}: reused (finished earlier in {saved['seconds']:.1f} s)")
@@ -41,12 +48,14 @@ class StageRunner:
                 self.results[name] = saved["result"]
                 return saved["result"]
         self.log(f"[{index}/{total}] {name} ...")
+        marker.unlink(missing_ok=True)
         start = time.perf_counter()
-        result = fn() or {}
+        # The JSON round trip gives a fresh run the very values a reuse would read back.
+        result = json.loads(json.dumps(fn() or {}))
         seconds = time.perf_counter() - start
         marker.parent.mkdir(parents=True, exist_ok=True)
         tmp = marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"fingerprint": fingerprint, "seconds": seconds, "result": result}, indent=1, default=str))
+        tmp.write_text(json.dumps({"fingerprint": fingerprint, "seconds": seconds, "result": result}, indent=1))
         tmp.replace(marker)
         self.log(f"[{index}/{total}] {name}: done in {seconds:.1f} s")
         self.timings_s[name] = seconds
