@@ -73,6 +73,14 @@ def list_parquet_files(path: str) -> tuple[object, list[str]]:
     return fs, files
 
 
+def _hive_value(file_path: str, key: str) -> str | None:
+    """The value of a hive-style ``key=value`` directory in ``file_path`` (None when absent)."""
+    for part in file_path.split("/")[:-1]:
+        if part.startswith(f"{key}="):
+            return part[len(key) + 1 :]
+    return None
+
+
 def decode_images(column, where: str = "") -> np.ndarray:
     """An Arrow list column of flat (C, H, W) stamps -> float32 array (N, C, H, W), no copy.
 
@@ -168,9 +176,13 @@ class StampIndex:
                 offset += n
             cols = [c for c in INDEX_COLUMNS if c in names]
             table = pf.read(columns=cols)
+            hive_split = _hive_value(f, COL.split)
             for c in INDEX_COLUMNS:
                 if c in names:
                     parts.setdefault(c, []).append(table.column(c).to_numpy(zero_copy_only=False))
+                elif c == COL.split and hive_split is not None:
+                    # Spark writes partitionBy("split") as split=<value>/ directories, not a column
+                    parts.setdefault(c, []).append(np.full(table.num_rows, hive_split, dtype=object))
                 else:
                     parts.setdefault(c, []).append(None)
         meta = {}

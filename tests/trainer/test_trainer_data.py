@@ -79,3 +79,20 @@ def test_missing_image_column_names_the_file(tmp_path):
         StampIndex.scan(str(tmp_path))
     with pytest.raises(InputDataError, match="no such file"):
         StampIndex.scan(str(tmp_path / "nowhere"))
+
+
+def test_split_read_from_spark_partition_directories(stamp_data, tmp_path):
+    """Spark's partitionBy('split') writes split=<value>/ directories and drops the column; the
+    index must take each row's split from its directory."""
+    out_dir, images, cols = stamp_data
+    with_column = StampIndex.scan(str(out_dir))
+    table = pq.read_table(str(out_dir))
+    for split in ("train", "val", "test"):
+        part = table.filter(pa.compute.equal(table["split"], split)).drop_columns(["split"])
+        (tmp_path / f"split={split}").mkdir()
+        pq.write_table(part, tmp_path / f"split={split}" / "part-00000.parquet")
+    hive = StampIndex.scan(str(tmp_path))
+    for split in ("train", "val", "test"):
+        rows = hive.rows(split)
+        assert len(rows) == len(with_column.rows(split)) > 0, split
+        assert sorted(hive.meta[COL.ra][rows].tolist()) == sorted(with_column.meta[COL.ra][with_column.rows(split)].tolist()), split
