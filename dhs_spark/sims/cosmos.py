@@ -41,7 +41,11 @@ import numpy as np
 from dhs_spark.config.seeds import rng_from_seed, stable_hash64
 from dhs_spark.errors import ConfigError, InputDataError
 from dhs_spark.sims.lensing import LensLike, as_lens
-from dhs_spark.sims.render import fast_lens_params, sie_shear_point_f32  # also sets a writable NUMBA_CACHE_DIR before numba loads
+from dhs_spark.sims.render import (  # also sets a writable NUMBA_CACHE_DIR before numba loads
+    fast_lens_params,
+    sie_shear_point_f32,
+    subpixel_centres_f32,
+)
 
 log = logging.getLogger(__name__)
 
@@ -329,21 +333,10 @@ def _biquadratic_grids(size, pixscale, lens_p, frame_p, cu, cv, bq, n_bq, full, 
 @numba.njit(cache=True, error_model="numpy")
 def _pixel_means(size, pixscale, k, lens_p, frame_p, quad, wp, hp, inv_pix, col_c, row_c, bq, n_bq, full, n_full, gu, gv, out):  # pragma: no cover - compiled
     """Stages 4-5 of :func:`_cosmos_fast_kernel`: the mean surface brightness of every sub-sampled pixel into ``out``."""
-    half = size // 2
     area = pixscale * pixscale
     # 4. fully traced pixels: every sub-sample, traced in one batch
     kk = k * k
-    inv_k = 1.0 / k
-    fx = np.empty(n_full * kk, dtype=np.float32)
-    fy = np.empty(n_full * kk, dtype=np.float32)
-    for p in range(n_full):
-        i = full[p] // size
-        j = full[p] - i * size
-        for s in range(k):
-            yy = np.float32((i - half + (s + 0.5) * inv_k - 0.5) * pixscale)
-            for t in range(k):
-                fx[p * kk + s * k + t] = np.float32((j - half + (t + 0.5) * inv_k - 0.5) * pixscale)
-                fy[p * kk + s * k + t] = yy
+    fx, fy = subpixel_centres_f32(full, n_full, size, k, pixscale)
     fu = np.empty(n_full * kk, dtype=np.float32)
     fv = np.empty(n_full * kk, dtype=np.float32)
     _trace_to_stamp_frame_f32(fx, fy, lens_p, frame_p, fu, fv)

@@ -255,6 +255,27 @@ def sie_shear_point_f32(xx, yy, lens_p):  # pragma: no cover - compiled
     return xx - (cph * axp - sph * ayp + g1 * dx + g2 * dy), yy - (sph * axp + cph * ayp + g2 * dx - g1 * dy)
 
 
+@numba.njit(cache=True)
+def subpixel_centres_f32(pixels, n_pixels, size, k, pixscale):  # pragma: no cover - compiled
+    """Image-plane (x, y) in arcsec, float32, of the k x k sub-pixel centres of the first
+    ``n_pixels`` flat pixel indices in ``pixels`` (row-major, i * size + j), pixel after pixel,
+    sub-rows then sub-columns; pixel (i, j) is centred at ((j - size//2), (i - size//2)) * pixscale."""
+    half = size // 2
+    kk = k * k
+    inv_k = 1.0 / k
+    xs = np.empty(n_pixels * kk, dtype=np.float32)
+    ys = np.empty(n_pixels * kk, dtype=np.float32)
+    for m in range(n_pixels):
+        i = pixels[m] // size
+        j = pixels[m] - i * size
+        for s in range(k):
+            yy = np.float32((i - half + (s + 0.5) * inv_k - 0.5) * pixscale)
+            for t in range(k):
+                xs[m * kk + s * k + t] = np.float32((j - half + (t + 0.5) * inv_k - 0.5) * pixscale)
+                ys[m * kk + s * k + t] = yy
+    return xs, ys
+
+
 @numba.njit(cache=True, error_model="numpy")
 def _sersic_fast_kernel(size, pixscale, k, lens_p, src_p, r_cut, centre_r2_pix, var_tol, out):  # pragma: no cover - compiled
     """Ray trace + Sersic + adaptive binning; writes flux per pixel (unit source flux) into ``out``.
@@ -305,17 +326,7 @@ def _sersic_fast_kernel(size, pixscale, k, lens_p, src_p, r_cut, centre_r2_pix, 
             n_sub += 1
 
     kk = k * k
-    inv_k = 1.0 / k
-    sxs = np.empty(n_sub * kk, dtype=np.float32)
-    sys_ = np.empty(n_sub * kk, dtype=np.float32)
-    for m in range(n_sub):
-        i = chosen[m] // size
-        j = chosen[m] - i * size
-        for s in range(k):
-            yy = np.float32((i - half + (s + 0.5) * inv_k - 0.5) * pixscale)
-            for t in range(k):
-                sxs[m * kk + s * k + t] = np.float32((j - half + (t + 0.5) * inv_k - 0.5) * pixscale)
-                sys_[m * kk + s * k + t] = yy
+    sxs, sys_ = subpixel_centres_f32(chosen, n_sub, size, k, pixscale)
     su = np.empty(n_sub * kk, dtype=np.float32)
     sv = np.empty(n_sub * kk, dtype=np.float32)
     ssb = np.empty(n_sub * kk, dtype=np.float32)
