@@ -2,11 +2,17 @@
 
 Producer (the Spark jobs in ``dhs_spark.jobs``) and consumer (``trainer.data``) both import
 this module; nothing else defines these columns. Units are in the column names. Stamps are
-float32 nanomaggies per pixel, stored flat in band-major (C, H, W) order in the ``image``
-list column, with ``n_bands`` and ``stamp_size`` giving the shape, so pandas, pyarrow, Spark
-and torch read them with no custom decoder::
+float32 nanomaggies per pixel, stored as raw little-endian float32 bytes (numpy ``'<f4'``) in
+band-major (C, H, W) order in the binary ``image`` column (and ``invvar``), with ``n_bands``
+and ``stamp_size`` giving the shape (:data:`IMAGE_ENCODING`, also in every image field's
+metadata). A binary value is written by Spark's Parquet writer as one value, where a
+``list<float32>`` went element by element (benchmarks/bench_spark_inject.py). Any reader
+(pandas, pyarrow, Spark rows) decodes a value with numpy alone::
 
-    img = np.asarray(row["image"], dtype=np.float32).reshape(row["n_bands"], row["stamp_size"], row["stamp_size"])
+    img = np.frombuffer(row["image"], "<f4").reshape(row["n_bands"], row["stamp_size"], row["stamp_size"])
+
+which is :func:`decode_image`; :func:`decode_image_column` decodes a whole Arrow column to
+(N, C, H, W) without copying.
 
 Band order is g, r, z. The host (and the lens centre) sit on pixel (stamp_size // 2,
 stamp_size // 2), 0-based.
@@ -16,9 +22,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 
 PIPELINE_VERSION = "0.1.0"
+IMAGE_DTYPE = "<f4"
+IMAGE_ENCODING = "raw little-endian float32 ('<f4') bytes, band-major (C, H, W); C = n_bands, H = W = stamp_size"
 
 
 @dataclass(frozen=True)
@@ -68,8 +77,8 @@ MANIFEST_COLUMNS: tuple[Column, ...] = (
 )
 
 STAMP_OUTPUT_COLUMNS: tuple[Column, ...] = (
-    Column("image", pa.list_(F32), "stamp, float32 nanomaggies/pixel, flat (C, H, W), bands g r z", False),
-    Column("invvar", pa.list_(F32), "inverse variance, 1/nanomaggy^2 per pixel, flat (C, H, W); optional"),
+    Column("image", pa.binary(), f"stamp, nanomaggies/pixel, bands g r z; {IMAGE_ENCODING}", False),
+    Column("invvar", pa.binary(), f"inverse variance, 1/nanomaggy^2 per pixel; optional; {IMAGE_ENCODING}"),
     Column("n_bands", I32, "C of the image shape", False),
     Column("stamp_size", I32, "H = W of the image shape", False),
     Column("source_mode", STR, "parametric | cosmos | none (controls)"),
@@ -81,6 +90,7 @@ STAMP_OUTPUT_COLUMNS: tuple[Column, ...] = (
     Column("psf_fwhm_used_g_arcsec", F64, "PSF FWHM actually used for g"),
     Column("psf_fwhm_used_r_arcsec", F64, "PSF FWHM actually used for r"),
     Column("psf_fwhm_used_z_arcsec", F64, "PSF FWHM actually used for z"),
+    Column("render_oversample", I32, "sub-pixels per axis of the arc render (>= dhs_spark.sims.cosmos.COSMOS_OVERSAMPLE for COSMOS sources); null for controls"),
     Column("magnification", F64, "lensed / unlensed source flux, before the PSF"),
     Column("unlensed_flux_g_nmgy", F64, "unlensed source flux, g"),
     Column("unlensed_flux_r_nmgy", F64, "unlensed source flux, r"),
@@ -111,9 +121,15 @@ REJECT_COLUMNS: tuple[Column, ...] = (
 STAMP_COLUMNS: tuple[Column, ...] = MANIFEST_COLUMNS + STAMP_OUTPUT_COLUMNS
 
 
+def _metadata(c: Column) -> dict[str, str]:
+    """Field metadata: the description, plus the encoding of binary image columns (pyarrow keeps
+    it in the Parquet footer's ARROW:schema, Spark in its row-metadata key)."""
+    return {"doc": c.doc, "encoding": IMAGE_ENCODING} if c.type == pa.binary() else {"doc": c.doc}
+
+
 def arrow_schema(columns: tuple[Column, ...]) -> pa.Schema:
     """The pyarrow schema of ``columns`` (descriptions kept as field metadata)."""
-    return pa.schema([pa.field(c.name, c.type, c.nullable, metadata={"doc": c.doc}) for c in columns])
+    return pa.schema([pa.field(c.name, c.type, c.nullable, metadata=_metadata(c)) for c in columns])
 
 
 def spark_schema(columns: tuple[Column, ...]):
@@ -130,9 +146,54 @@ def spark_schema(columns: tuple[Column, ...]):
             pa.int32(): T.IntegerType(),
             pa.string(): T.StringType(),
             pa.bool_(): T.BooleanType(),
+            pa.binary(): T.BinaryType(),
         }[tp]
 
-    return T.StructType([T.StructField(c.name, to_spark(c.type), c.nullable) for c in columns])
+    return T.StructType([T.StructField(c.name, to_spark(c.type), c.nullable, _metadata(c)) for c in columns])
+
+
+def decode_image(value, n_bands: int, stamp_size: int) -> np.ndarray:
+    """One ``image`` / ``invvar`` value (bytes, bytearray, memoryview, pyarrow BinaryScalar) ->
+    (C, H, W) float32 array, a read-only view of ``value`` (no copy). ValueError on a wrong size."""
+    if isinstance(value, pa.Scalar):
+        value = value.as_buffer()
+    shape = (int(n_bands), int(stamp_size), int(stamp_size))
+    flat = np.frombuffer(value, dtype=IMAGE_DTYPE)
+    if flat.size != shape[0] * shape[1] * shape[2]:
+        raise ValueError(f"image has {flat.size} float32 values, n_bands x stamp_size^2 = {shape[0] * shape[1] * shape[2]}")
+    return flat.reshape(shape)
+
+
+def decode_image_column(column, n_bands, stamp_size, where: str = "") -> np.ndarray:
+    """An Arrow binary column (Array or ChunkedArray) of images -> (N, C, H, W) float32.
+
+    ``n_bands`` / ``stamp_size``: ints, or per-row arrays (the columns), which must be uniform.
+    A view of the Arrow data buffer when the column is one chunk (a Parquet row group read),
+    else one copy. Raises :class:`~dhs_spark.errors.InputDataError` naming ``where`` on null
+    rows, a type other than binary, mixed shapes or a value of the wrong size.
+    """
+    from dhs_spark.errors import InputDataError
+
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if not (pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)):
+        raise InputDataError(f"{where}: image column has type {arr.type}, expected binary ({IMAGE_ENCODING})")
+    if arr.null_count:
+        raise InputDataError(f"{where}: {arr.null_count} null images")
+    c, s = np.unique(np.asarray(n_bands)), np.unique(np.asarray(stamp_size))
+    if len(arr) == 0:
+        return np.empty((0, 0, 0, 0), np.float32)
+    if len(c) != 1 or len(s) != 1:
+        raise InputDataError(f"{where}: mixed stamp shapes (n_bands {c.tolist()}, stamp_size {s.tolist()})")
+    shape = (int(c[0]), int(s[0]), int(s[0]))
+    nbytes = 4 * shape[0] * shape[1] * shape[2]
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64 if pa.types.is_large_binary(arr.type) else np.int32)[arr.offset : arr.offset + len(arr) + 1]
+    lengths = np.diff(offsets)
+    if np.any(lengths != nbytes):
+        bad = int(np.flatnonzero(lengths != nbytes)[0])
+        raise InputDataError(f"{where}: image of row {bad} has {lengths[bad]} bytes, n_bands x stamp_size^2 x 4 = {nbytes}")
+    # Equal lengths make the values one contiguous run of the data buffer, in row order.
+    flat = np.frombuffer(arr.buffers()[2], dtype=IMAGE_DTYPE, count=len(arr) * nbytes // 4, offset=int(offsets[0]))
+    return flat.reshape(len(arr), *shape)
 
 
 MANIFEST_SCHEMA = arrow_schema(MANIFEST_COLUMNS)

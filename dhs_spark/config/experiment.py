@@ -61,7 +61,8 @@ class DataVariantConfig:
 
     ``source_mode``: 'parametric' (Sersic) or 'cosmos' (real HST galaxies from
     ``cosmos_library_path``). ``psf_model``: 'gaussian', 'moffat' (needs ``moffat_beta``) or
-    'pixel' (a survey PSF image). ``theta_e_range`` is the Einstein-radius prior in arcsec.
+    'pixel' (a survey PSF image: the coadd-PSF service at ``coadd_psf_url``, see phase 4c).
+    ``theta_e_range`` is the Einstein-radius prior in arcsec.
     """
 
     variant_name: str = "v4_sota"
@@ -89,6 +90,15 @@ class DataVariantConfig:
     split_fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
     healpix_nside: int = 128
     psf_wings: PsfWingsConfig = field(default_factory=PsfWingsConfig)
+    # psf_model 'pixel' through the coadd-PSF service (phase 4c): the Legacy Survey viewer's base
+    # URL (e.g. https://www.legacysurvey.org/viewer), one request per brick; a brick whose coadd
+    # PSF fails gets psf_fallback_model with its psfsize, flagged in the stamp's truth record.
+    coadd_psf_url: Optional[str] = None
+    psf_fallback_model: Literal["gaussian", "moffat"] = "gaussian"
+    psf_cache_dir: Optional[str] = None  # local directory caching coadd-psf answers on each node; None: no disk cache
+    coadd_psf_timeout_s: float = 30.0
+    coadd_psf_max_retries: int = 4
+    coadd_psf_backoff_s: float = 1.0
 
 
 @dataclass
@@ -242,6 +252,16 @@ def validate(cfg: ExperimentConfig, file: str | None = None) -> list[ConfigError
         errors.append(ConfigError("data.moffat_beta", "must be set when data.psf_model is 'moffat'", None, file))
     if d.moffat_beta is not None and isinstance(d.moffat_beta, float) and d.moffat_beta <= 1.0:
         errors.append(ConfigError("data.moffat_beta", "must be > 1 (a Moffat with beta <= 1 has infinite flux)", d.moffat_beta, file))
+    if d.coadd_psf_url is not None and not (isinstance(d.coadd_psf_url, str) and d.coadd_psf_url.startswith(("http://", "https://"))):
+        errors.append(ConfigError("data.coadd_psf_url", "must be an http:// or https:// URL (the viewer root)", d.coadd_psf_url, file))
+    if d.psf_model == "pixel" and d.psf_fallback_model == "moffat" and d.moffat_beta is None:
+        errors.append(ConfigError("data.moffat_beta", "must be set when data.psf_fallback_model is 'moffat'", None, file))
+    if isinstance(d.coadd_psf_timeout_s, float) and d.coadd_psf_timeout_s <= 0:
+        errors.append(ConfigError("data.coadd_psf_timeout_s", "must be positive", d.coadd_psf_timeout_s, file))
+    if isinstance(d.coadd_psf_max_retries, int) and d.coadd_psf_max_retries < 0:
+        errors.append(ConfigError("data.coadd_psf_max_retries", "must be >= 0", d.coadd_psf_max_retries, file))
+    if isinstance(d.coadd_psf_backoff_s, float) and d.coadd_psf_backoff_s < 0:
+        errors.append(ConfigError("data.coadd_psf_backoff_s", "must be >= 0", d.coadd_psf_backoff_s, file))
     if d.source_mode == "cosmos" and not d.cosmos_library_path and d.cosmos_loader_mode != "synthetic":
         errors.append(ConfigError("data.cosmos_library_path", "must be set when data.source_mode is 'cosmos'", None, file))
     if h.enabled and not h.hard_neg_path:

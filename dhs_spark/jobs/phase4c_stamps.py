@@ -28,8 +28,24 @@ lens sits exactly on the host. x is numpy axis 1, y axis 0.
 
 COSMOS sources: the library file reaches executors through ``SparkContext.addFile`` (any
 ``file:``/``s3:`` URI) and is opened once per Python worker (``COSMOSLoaderV2``'s per-process
-cache). ``psf_model='pixel'`` takes per-band kernels from ``StampParams.psf_kernels_fn``, the
-hook for the real-PSF provider.
+cache). COSMOS arcs are rendered with at least ``COSMOS_OVERSAMPLE`` (8) sub-pixels per axis
+whatever ``data.oversample`` says (4 leaves 1.5 % flux errors on real galaxies); the stamp records
+the value used in ``render_oversample``.
+
+PSF (:class:`_BrickPsf`, one per partition): 'gaussian'/'moffat' use the brick's psfsize per band
+(``psf_source`` ``analytic:brick-psfsize:brick=<brick>``). 'pixel' takes the brick's coadd PSF
+from the Legacy Survey viewer at ``data.coadd_psf_url``: one :class:`BrickPsfCache` per partition
+fetches it once per brick at the brick centre (plus ``data.psf_cache_dir`` on disk), resampled to
+the stamp grid, extended with ``data.psf_wings`` to an odd kernel of ``stamp_size - 1`` pixels,
+its measured FWHM recorded. A brick whose coadd PSF fails (HTTP errors past the retries, a
+malformed file, a missing or unusable band) falls back to ``data.psf_fallback_model`` with the
+brick's psfsize, logged and flagged (``psf_fallback_analytic``, ``psf_fallback_reason`` naming the
+bands and position). Instead of the service, ``psf_kernels_fn`` (``--psf-kernels-fn``) may give
+per-stamp kernels (``psf_source`` = the hook's name, FWHM measured). Every injected stamp carries
+``spec.truth_fields()`` of :class:`dhs_spark.survey.psf.PsfSpec`. A control has no arc, hence no
+PSF and no render: its psf_model, psf_source, psf_fwhm_used_<b>_arcsec, psf_fallback_analytic,
+psf_fallback_reason and render_oversample are null (the brick's seeing stays in the manifest's
+psf_fwhm_<b>_arcsec, as for every row).
 """
 
 from __future__ import annotations
@@ -48,6 +64,7 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 import pyarrow as pa
 
+from dhs_spark.config.experiment import PsfWingsConfig
 from dhs_spark.errors import ConfigError, InputDataError, RejectError
 from dhs_spark.jobs import paths as P
 from dhs_spark.schema import PIPELINE_VERSION, REJECT_COLUMNS, STAMP_COLUMNS, Column, arrow_schema, spark_schema
@@ -71,14 +88,28 @@ _LIST_COLUMNS = ("image", "invvar")
 
 
 @dataclass(frozen=True)
+class CoaddPsfParams:
+    """How 4c reaches the coadd-PSF service (``data.coadd_psf_url`` and friends, see
+    :class:`~dhs_spark.config.experiment.DataVariantConfig`); picklable, shipped with :class:`StampParams`."""
+
+    url: str
+    cache_dir: Optional[str] = None
+    timeout_s: float = 30.0
+    max_retries: int = 4
+    backoff_s: float = 1.0
+    fallback_model: str = "gaussian"
+    wings: Optional[PsfWingsConfig] = None
+
+
+@dataclass(frozen=True)
 class StampParams:
     """What :func:`stamp_batches` needs (picklable; shipped to executors once per task).
 
     ``cosmos_library``: a local path, or ``'sparkfiles:<name>'`` for a file shipped with
     ``SparkContext.addFile``; None for parametric sources. ``psf_kernels_fn``: dotted path
     ``'module:function'`` of ``f(brickname, ra, dec, bands, pixscale_arcsec, stamp_size) ->
-    list of 2-D kernels`` for ``psf_model='pixel'``. ``fail_once_task_id``: a task id whose row
-    raises on the task's first attempt (retry/determinism tests, ``DHS_FAIL_ONCE_TASK_ID``).
+    list of 2-D kernels`` for ``psf_model='pixel'``; ``coadd_psf`` the coadd-PSF service for it
+    otherwise. ``fail_once_task_id``: a task id whose row raises on the task's first attempt (retry/determinism tests, ``DHS_FAIL_ONCE_TASK_ID``).
     """
 
     experiment_id: str
@@ -95,6 +126,18 @@ class StampParams:
     cosmos_loader_mode: str = "hdf5"
     psf_kernels_fn: Optional[str] = None
     fail_once_task_id: Optional[str] = None
+    coadd_psf: Optional[CoaddPsfParams] = None
+
+
+def check_psf_provider(data, psf_kernels_fn: Optional[str]) -> None:
+    """``psf_model: pixel`` needs exactly one provider: the coadd-PSF service or the kernels hook
+    (ConfigError otherwise; the driver calls this before any stage runs)."""
+    if data.psf_model != "pixel":
+        return
+    if not psf_kernels_fn and not data.coadd_psf_url:
+        raise ConfigError("data.coadd_psf_url", "psf_model 'pixel' needs the coadd-PSF service URL (--coadd-psf-url) or a --psf-kernels-fn hook", None)
+    if psf_kernels_fn and data.coadd_psf_url:
+        raise ConfigError("data.coadd_psf_url", f"give either the coadd-PSF service or --psf-kernels-fn {psf_kernels_fn}, not both", data.coadd_psf_url)
 
 
 def stamp_params(
@@ -103,8 +146,11 @@ def stamp_params(
     d = cfg.data
     if list(d.bands) != list(BANDS):
         raise ConfigError("data.bands", "4c injects g, r, z together; other band sets are not supported", d.bands)
-    if d.psf_model == "pixel" and not psf_kernels_fn:
-        raise ConfigError("data.psf_model", "'pixel' needs a real-PSF provider (--psf-kernels-fn module:function)", d.psf_model)
+    check_psf_provider(d, psf_kernels_fn)
+    coadd_psf = None
+    if d.psf_model == "pixel" and d.coadd_psf_url:
+        coadd_psf = CoaddPsfParams(d.coadd_psf_url, d.psf_cache_dir, float(d.coadd_psf_timeout_s), int(d.coadd_psf_max_retries),
+                                   float(d.coadd_psf_backoff_s), d.psf_fallback_model, d.psf_wings)  # fmt: skip
     return StampParams(
         experiment_id=cfg.experiment_id,
         coadd_root=coadd_root,
@@ -120,6 +166,7 @@ def stamp_params(
         cosmos_loader_mode=d.cosmos_loader_mode,
         fail_once_task_id=fail_once_task_id,
         psf_kernels_fn=psf_kernels_fn,
+        coadd_psf=coadd_psf,
     )
 
 
@@ -144,6 +191,55 @@ class _BrickCache:
         return self.brick
 
 
+class _BrickPsf:
+    """The :class:`~dhs_spark.survey.psf.PsfSpec` of each stamp (see the module docstring); one
+    per partition. Coadd PSFs are made once per brick (rows come sorted by brick, so only the
+    current brick's spec is kept; :class:`BrickPsfCache` remembers fetches and failures)."""
+
+    def __init__(self, params: StampParams):
+        self.params = params
+        self.cache = None
+        self.brickname, self.brick_spec = None, None
+        c = params.coadd_psf
+        if params.psf_model == "pixel" and not params.psf_kernels_fn:
+            if c is None:
+                raise ConfigError("data.coadd_psf_url", "psf_model 'pixel' without --psf-kernels-fn needs StampParams.coadd_psf (see stamp_params)", None)
+            from dhs_spark.survey.coadd_psf import BrickPsfCache, CoaddPsfClient
+            from dhs_spark.survey.http import CachedHttpClient
+
+            http = CachedHttpClient(c.url, cache_dir=c.cache_dir, timeout_s=c.timeout_s, max_retries=c.max_retries, backoff_s=c.backoff_s)
+            self.cache = BrickPsfCache(CoaddPsfClient(http))
+
+    @property
+    def requests(self) -> int:
+        return self.cache.requests if self.cache is not None else 0
+
+    def spec(self, row: dict, fwhm_arcsec: list[float]):
+        from dhs_spark.survey import psf
+
+        p, brickname = self.params, row["brickname"]
+        if p.psf_model != "pixel":
+            return psf.analytic_psf_spec(p.psf_model, fwhm_arcsec, BANDS, f"analytic:brick-psfsize:brick={brickname}", p.moffat_beta)
+        if p.psf_kernels_fn:
+            module, _, name = p.psf_kernels_fn.partition(":")
+            kernels = getattr(importlib.import_module(module), name)(brickname, row["ra"], row["dec"], BANDS, p.pixscale_arcsec, p.stamp_size)
+            kernels = tuple(np.asarray(k, dtype=np.float64) for k in kernels)
+            fwhm = tuple(psf.gaussian_fwhm_arcsec(k, p.pixscale_arcsec) for k in kernels)
+            return psf.PsfSpec(model="pixel", source=p.psf_kernels_fn, bands=BANDS, fwhm_arcsec=fwhm, kernels=kernels)
+        if brickname != self.brickname:
+            from dhs_spark.survey.bricks import brick_center
+            from dhs_spark.survey.coadd_psf import brick_psf_spec
+
+            ra_c, dec_c = brick_center(brickname)
+            c = p.coadd_psf
+            # odd and inside the stamp, so the renderer never has to cap it
+            kernel_size = p.stamp_size - 1 if p.stamp_size % 2 == 0 else p.stamp_size
+            self.brick_spec = brick_psf_spec(self.cache, brickname, float(ra_c[0]), float(dec_c[0]), BANDS, fwhm_arcsec, c.fallback_model, p.moffat_beta,
+                                             kernel_size, c.wings, p.pixscale_arcsec)  # fmt: skip
+            self.brickname = brickname
+        return self.brick_spec
+
+
 def _cosmos_loader(params: StampParams):
     if params.source_mode != "cosmos":
         return None
@@ -165,8 +261,10 @@ def _psf_fwhm(row: dict) -> list[float]:
     return [float(f) for f in fwhm]
 
 
-def make_stamp(row: dict, brick, params: StampParams, loader=None) -> tuple[dict, np.ndarray, Optional[np.ndarray]]:
+def make_stamp(row: dict, brick, params: StampParams, loader=None, psf: Optional[_BrickPsf] = None) -> tuple[dict, np.ndarray, Optional[np.ndarray]]:
     """One manifest row -> (output columns, image (C, N, N) float32, invvar or None).
+
+    ``psf``: the partition's :class:`_BrickPsf` (a new one when None, for one-off calls).
 
     Raises RejectError / InputDataError for a stamp that cannot be made.
     """
@@ -179,19 +277,18 @@ def make_stamp(row: dict, brick, params: StampParams, loader=None) -> tuple[dict
     out = {
         "bad_pixel_frac": float(cut.bad_pixel_frac),
         "maskbits_or": int(cut.maskbits_or),
-        "psf_source": "bricks table psfsize (FWHM)",
     }
     if row["is_control"]:
         image = cut.image.astype(np.float32)
         out.update(source_mode="none", arc_snr_sum=0.0, arc_snr_peak=0.0)
         out.update({f"lensed_flux_{b}_nmgy": 0.0 for b in BANDS})
     else:
-        fwhm = _psf_fwhm(row)
-        kernels = None
-        if params.psf_model == "pixel":
-            module, _, name = params.psf_kernels_fn.partition(":")
-            kernels = getattr(importlib.import_module(module), name)(row["brickname"], row["ra"], row["dec"], BANDS, params.pixscale_arcsec, params.stamp_size)
-            out["psf_source"] = params.psf_kernels_fn
+        spec = (psf or _BrickPsf(params)).spec(row, _psf_fwhm(row))
+        oversample = params.oversample
+        if params.source_mode == "cosmos":
+            from dhs_spark.sims.cosmos import COSMOS_OVERSAMPLE
+
+            oversample = max(oversample, COSMOS_OVERSAMPLE)
         dx, dy = cut.offset_x_pix * params.pixscale_arcsec, cut.offset_y_pix * params.pixscale_arcsec
         lens = SIEShear(row["theta_e_arcsec"], row["lens_q"], row["lens_phi_rad"], row["shear_gamma1"], row["shear_gamma2"], dx, dy)
         sx, sy = row["source_x_arcsec"] + dx, row["source_y_arcsec"] + dy
@@ -207,20 +304,17 @@ def make_stamp(row: dict, brick, params: StampParams, loader=None) -> tuple[dict
             row["source_r_mag"],
             row["source_color_g_r"],
             row["source_color_r_z"],
-            fwhm,
-            params.psf_model,
-            params.moffat_beta,
-            kernels,
-            params.pixscale_arcsec,
-            params.oversample,
-            params.add_poisson,
-            rng_from_seed(stable_hash64("arc-poisson", row["task_seed"])),
+            **spec.inject_kwargs(),
+            pixscale=params.pixscale_arcsec,
+            oversample=oversample,
+            add_poisson=params.add_poisson,
+            rng=rng_from_seed(stable_hash64("arc-poisson", row["task_seed"])),
         )
         t = result.truth
         image = result.stamp
-        out.update({k: t[k] for k in ("source_mode", "cosmos_ident", "psf_model", "magnification", "arc_snr_sum", "arc_snr_peak")})
+        out.update({k: t[k] for k in ("source_mode", "cosmos_ident", "magnification", "arc_snr_sum", "arc_snr_peak")})
+        out.update(spec.truth_fields(), render_oversample=t["oversample"])
         for b in BANDS:
-            out[f"psf_fwhm_used_{b}_arcsec"] = t[f"psf_fwhm_used_{b}_arcsec"]
             out[f"unlensed_flux_{b}_nmgy"] = t[f"unlensed_flux_{b}_nmgy"]
             out[f"lensed_flux_{b}_nmgy"] = t[f"arc_flux_in_stamp_{b}_nmgy"]  # what the stamp really gained
     nan_count = int((~np.isfinite(image)).sum())
@@ -256,13 +350,15 @@ def stamp_batches(batches: Iterable[pa.RecordBatch], params: StampParams, attemp
     """Manifest record batches (sorted by brickname) -> output record batches, one row per input row.
 
     ``attempt_number`` is Spark's ``TaskContext.attemptNumber()`` (only the forced-failure hook
-    reads it). ``stats``, when given, receives ``bricks_opened``, ``stamps``, ``rejects`` and the
-    seconds spent opening bricks + cutting (``io_s``) and injecting (``inject_s``).
+    reads it). ``stats``, when given, receives ``bricks_opened``, ``stamps``, ``rejects``,
+    ``psf_requests`` (coadd-PSF fetches, one per brick) and the seconds spent opening bricks +
+    cutting (``io_s``) and injecting (``inject_s``).
     """
     import time
 
     cache = _BrickCache(params.coadd_root)
     loader = _cosmos_loader(params)
+    psf = _BrickPsf(params)
     stats = stats if stats is not None else {}
     for key in ("stamps", "rejects", "io_s", "inject_s"):
         stats.setdefault(key, 0)
@@ -280,7 +376,7 @@ def stamp_batches(batches: Iterable[pa.RecordBatch], params: StampParams, attemp
                 brick.load()
                 t1 = time.perf_counter()
                 stats["io_s"] += t1 - t0
-                values, image, invvar = make_stamp(row, brick, params, loader)
+                values, image, invvar = make_stamp(row, brick, params, loader, psf)
                 stats["inject_s"] += time.perf_counter() - t1
                 out.update(values, record_kind="stamp")
                 stats["stamps"] += 1
@@ -296,6 +392,7 @@ def stamp_batches(batches: Iterable[pa.RecordBatch], params: StampParams, attemp
         if rows:
             yield _record_batch(rows, images, invvars)
     stats["bricks_opened"] = stats.get("bricks_opened", 0) + cache.opened
+    stats["psf_requests"] = stats.get("psf_requests", 0) + psf.requests
 
 
 # -- Spark ---------------------------------------------------------------------------------------

@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="skip a stage whose committed output is complete and reconciles; otherwise replace it")
     p.add_argument("--write-invvar", action="store_true", help="4c: also write the inverse-variance stamp")
     p.add_argument("--psf-kernels-fn", help="4c with --psf-model pixel: 'module:function' returning per-band PSF kernels (the real-PSF hook)")
+    p.add_argument("--coadd-psf-url", help="data.coadd_psf_url: 4c with --psf-model pixel takes each brick's coadd PSF from this Legacy Survey viewer root, "
+                   "e.g. https://www.legacysurvey.org/viewer (one request per brick; analytic fallback flagged per stamp)")  # fmt: skip
     p.add_argument("--gate-max-rows", type=int, default=200_000, help="4d: rows sampled (by task-id hash) for the core-only classifier")
     p.add_argument("--master", help="Spark master when run without spark-submit, e.g. local[2] (spark-submit's --master wins)")
     p.add_argument("--log-level", default="INFO", help="python logging level")
@@ -128,6 +130,7 @@ def resolve_config(args: argparse.Namespace) -> ExperimentConfig:
         "data.source_mode": SOURCE_MODE_FLAG[args.source_mode] if args.source_mode else None,
         "data.cosmos_library_path": args.cosmos_library,
         "data.cosmos_loader_mode": args.cosmos_loader_mode,
+        "data.coadd_psf_url": args.coadd_psf_url,
         "seeds.global_seed": args.seed,
     }
     for dotted, value in flag_fields.items():
@@ -271,6 +274,10 @@ def main(argv: list[str] | None = None, spark=None) -> int:
     )
     stages = list(STAGES) if args.stage == "all" else [args.stage]
     try:
+        if "4c" in stages:  # before 4a runs: a pixel PSF needs its provider
+            from dhs_spark.jobs.phase4c_stamps import check_psf_provider
+
+            check_psf_provider(cfg.data, opts.psf_kernels_fn)
         markers = run_stages(spark, stages, cfg, inputs, opts)
     except DHSError as exc:
         log.error("%s", exc)

@@ -1,106 +1,23 @@
 """Coadd-PSF client against a local HTTP server on 127.0.0.1 serving per-band PSF FITS made from
 the real PsfEx models of brick 2447p120 (g, r, z CCDs in tests/data/decam_ccds), with injected
-500s, timeouts, malformed bodies and a missing band."""
+500s, timeouts, malformed bodies and a missing band (the server: tests/coadd_psf_server.py)."""
 
 from __future__ import annotations
 
-import io
 import pickle
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import pytest
-from astropy.io import fits
+from coadd_psf_server import PSFS, TIMEOUT_S
+from coadd_psf_server import CoaddPsfServer as _Server
+from coadd_psf_server import fits_body as _fits_body
 
 from dhs_spark.config.experiment import PsfWingsConfig
 from dhs_spark.survey import psf
 from dhs_spark.survey.coadd_psf import BrickPsfCache, CoaddPsfClient, CoaddPsfError, brick_psf_spec, parse_coadd_psf_fits
 from dhs_spark.survey.http import CachedHttpClient
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "decam_ccds"
 BRICK, RA, DEC = "2447p120", 244.75, 12.0  # brick 2447p120's centre
-TIMEOUT_S = 0.3
-
-
-def _real_psfs() -> dict[str, np.ndarray]:
-    """One real PsfEx model per band, at its CCD centre: the coadd PSFs the server hands out."""
-    out = {}
-    for band, name in (("g", "c4d_150329_083505_ooi_g_ls9-N11"), ("r", "c4d_150329_083320_ooi_r_ls9-N11"), ("z", "c4d_150412_073257_ooi_z_ls9-N11")):
-        path = next(DATA.glob(f"calib/psfex-single/**/{name}-psfex.fits"))
-        out[band] = psf.psfex_image(path, *psf.load_psfex(str(path)).centre_xy).astype(np.float32)
-    return out
-
-
-PSFS = _real_psfs()
-
-
-def _fits_body(bands=("g", "r", "z"), bad_band=None) -> bytes:
-    hdus = [fits.PrimaryHDU()]
-    for b in bands:
-        data = PSFS[b].copy()
-        if b == bad_band:
-            data[5, 5] = np.nan
-        hdu = fits.ImageHDU(data)
-        hdu.header["BAND"] = b
-        hdus.append(hdu)
-    buf = io.BytesIO()
-    fits.HDUList(hdus).writeto(buf)
-    return buf.getvalue()
-
-
-class _Server:
-    """A threaded HTTP server whose responses follow ``plan`` (one action per request, then 'ok'):
-    'ok', '500', 'sleep' (answer after 3x the client timeout), 'garbage', 'truncated', 'no_z', 'nan_r'."""
-
-    def __init__(self):
-        self.plan: list[str] = []
-        self.requests: list[tuple[str, dict]] = []
-        self.lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                url = urlparse(self.path)
-                with server.lock:
-                    server.requests.append((url.path, {k: v[0] for k, v in parse_qs(url.query).items()}))
-                    action = server.plan.pop(0) if server.plan else "ok"
-                if action == "500":
-                    self.send_response(500)
-                    self.end_headers()
-                    return
-                if action == "sleep":
-                    time.sleep(3 * TIMEOUT_S)
-                body = {
-                    "garbage": b"<html>proxy error</html>",
-                    "truncated": _fits_body()[:3000],  # cut inside the first band HDU; Content-Length agrees
-                    "no_z": _fits_body(("g", "r")),
-                    "nan_r": _fits_body(bad_band="r"),
-                }.get(action) or _fits_body()
-                try:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/fits")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout)
-                    pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/viewer"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture()
