@@ -40,3 +40,22 @@ def spark():
     session = local_spark_session(app_name="dhs-tests", master="local[2]")
     yield session
     session.stop()
+
+
+@pytest.fixture()
+def moto_endpoint(monkeypatch):
+    """moto's AWS APIs (S3, EMR, ...) served on 127.0.0.1 at a free port, with fake credentials;
+    yields the endpoint URL. boto3 clients made without an endpoint reach it too
+    (AWS_ENDPOINT_URL), so code under test needs no test hook to find it."""
+    from moto.server import ThreadedMotoServer
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    yield endpoint
+    server.stop()

@@ -10,26 +10,10 @@ from dhs_spark.errors import RejectError
 from dhs_spark.survey.coadds import CoaddBrick, coadd_brick_dir
 
 
-@pytest.fixture()
-def s3_endpoint(monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)  # boto3's per-service endpoint override
-    yield endpoint
-    server.stop()
-
-
-def test_s3_brick_equals_local_brick(mock_survey, s3_endpoint, tmp_path):
+def test_s3_brick_equals_local_brick(mock_survey, moto_endpoint, tmp_path):
     import boto3
 
-    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=s3_endpoint)
+    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=moto_endpoint)
     s3.create_bucket(Bucket="dhs-test")
     brickname = mock_survey.bricknames[0]
     local_dir = mock_survey.brick_dir(brickname)
