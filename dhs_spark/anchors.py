@@ -455,15 +455,10 @@ def attach_scores(table, scores_path, what: str):
     return out
 
 
-def _stretch_rgb(image_chw: np.ndarray) -> np.ndarray:
-    """(H, W, 3) display image: z, r, g as R, G, B with an asinh stretch (display only)."""
-    rgb = np.stack([image_chw[2], image_chw[1], image_chw[0]], axis=-1).astype(np.float64)
-    scale = np.percentile(np.abs(rgb), 99.5) or 1.0
-    return np.clip(np.arcsinh(rgb / (0.1 * scale)) / np.arcsinh(10.0), 0.0, 1.0)
-
-
 def _gallery(rows, images: dict, path: Path, title: str, n_max: int = 16) -> bool:
     import matplotlib
+
+    from dhs_spark.report import grz_to_rgb
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -477,7 +472,7 @@ def _gallery(rows, images: dict, path: Path, title: str, n_max: int = 16) -> boo
     for ax in axes.ravel():
         ax.axis("off")
     for ax, r in zip(axes.ravel(), rows):
-        ax.imshow(_stretch_rgb(images[r["key"]]), origin="lower")
+        ax.imshow(grz_to_rgb(images[r["key"]]), origin="lower")
         ax.set_title(f"{r['name'][:22]}\nscore {r['score']:.3f}", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
