@@ -654,9 +654,9 @@ def stage_gallery(paths: DemoPaths, prof: DemoProfile, seed: int) -> dict:
     import pyarrow.parquet as pq
 
     from dhs_spark.jobs.phase4c_stamps import make_stamp, stamp_params
+    from dhs_spark.schema import decode_image_column
     from dhs_spark.sims.cosmos import COSMOSLoaderV2
     from dhs_spark.survey.coadds import BANDS, CoaddBrick
-    from trainer.data import decode_images
     from trainer.train import json_safe
 
     cfg = pipeline_config(paths)
@@ -666,7 +666,7 @@ def stage_gallery(paths: DemoPaths, prof: DemoProfile, seed: int) -> dict:
     rows = pick_gallery_rows(_injection_rows(paths.training_view, "test"), prof.gallery_examples)
     ids = [r["task_id"] for r in rows]
     table = pq.read_table(paths.training_view / "test.parquet", columns=["task_id", "image"], filters=pc.field("task_id").isin(ids))
-    pipeline_images = dict(zip(table["task_id"].to_pylist(), decode_images(table["image"])))
+    pipeline_images = dict(zip(table["task_id"].to_pylist(), decode_image_column(table["image"], len(BANDS), prof.stamp_size)))
     s = prof.stamp_size
     arrays = {"host": [], "cosmos": [], "sersic": []}
     examples = []

@@ -15,8 +15,9 @@ Layout of the work:
   may be short). Rows are shuffled within a buffer of row groups, preprocessed in vectorised
   batches (:mod:`trainer.preprocess`) and augmented per stamp. Same seed, epoch and worker
   count -> same batches.
-- :func:`decode_images` turns an Arrow list column into an (N, C, H, W) float32 view of the
-  Arrow buffer without copying or building Python lists.
+- Images are decoded by :func:`dhs_spark.schema.decode_image_column` (the schema module's one
+  decoder of the binary image column) into an (N, C, H, W) float32 view of the Arrow buffer,
+  without copying or building Python objects.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 
 from dhs_spark.config.seeds import rng_from_seed, stable_hash64
 from dhs_spark.errors import InputDataError
-from dhs_spark.schema import STAMP_COLUMNS
+from dhs_spark.schema import STAMP_COLUMNS, decode_image_column
 from trainer.preprocess import PreprocessConfig, augment, preprocess
 
 COL = types.SimpleNamespace(**{c.name: c.name for c in STAMP_COLUMNS})
@@ -79,49 +80,6 @@ def _hive_value(file_path: str, key: str) -> str | None:
         if part.startswith(f"{key}="):
             return part[len(key) + 1 :]
     return None
-
-
-def decode_images(column, where: str = "") -> np.ndarray:
-    """An Arrow list column of flat (C, H, W) stamps -> float32 array (N, C, H, W), no copy.
-
-    The shape comes from the list length; C is recovered by the caller's ``n_bands`` check
-    (:func:`reshape_images`). Raises :class:`InputDataError` (naming ``where``) on null rows
-    or rows of unequal length.
-    """
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    if arr.null_count:
-        raise InputDataError(f"{where}: {arr.null_count} null images")
-    if pa.types.is_fixed_size_list(arr.type):
-        size = arr.type.list_size
-        values = arr.values.to_numpy(zero_copy_only=False)
-        flat = values[arr.offset * size : (arr.offset + len(arr)) * size]
-    elif pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
-        offsets = arr.offsets.to_numpy()
-        lengths = np.diff(offsets)
-        size = int(lengths[0]) if len(lengths) else 0
-        if np.any(lengths != size):
-            bad = int(np.flatnonzero(lengths != size)[0])
-            raise InputDataError(f"{where}: image of row {bad} has {lengths[bad]} values, row 0 has {size}")
-        flat = arr.values.to_numpy(zero_copy_only=arr.values.null_count == 0)[offsets[0] : offsets[-1]]
-    else:
-        raise InputDataError(f"{where}: image column has type {arr.type}, expected a list of float32")
-    if flat.dtype != np.float32:
-        raise InputDataError(f"{where}: image values are {flat.dtype}, expected float32 nanomaggies")
-    return flat.reshape(len(arr), size)
-
-
-def reshape_images(flat: np.ndarray, n_bands: np.ndarray, stamp_size: np.ndarray, where: str) -> np.ndarray:
-    """Flat (N, C*H*W) -> (N, C, H, W) using the ``n_bands`` / ``stamp_size`` columns, which must
-    be uniform within one read (one model input shape)."""
-    if len(flat) == 0:
-        return flat.reshape(0, 0, 0, 0)
-    c, s = np.unique(n_bands), np.unique(stamp_size)
-    if len(c) != 1 or len(s) != 1:
-        raise InputDataError(f"{where}: mixed stamp shapes (n_bands {c.tolist()}, stamp_size {s.tolist()})")
-    c, s = int(c[0]), int(s[0])
-    if flat.shape[1] != c * s * s:
-        raise InputDataError(f"{where}: image has {flat.shape[1]} values per row, n_bands x stamp_size^2 = {c * s * s}")
-    return flat.reshape(len(flat), c, s, s)
 
 
 @dataclass(frozen=True)
@@ -227,8 +185,7 @@ class StampIndex:
         buffer) and the table of ``extra_columns``."""
         table = self.read(rg, [COL.image, COL.n_bands, COL.stamp_size, *extra_columns])
         where = self.where(rg)
-        flat = decode_images(table.column(COL.image), where)
-        images = reshape_images(flat, table.column(COL.n_bands).to_numpy(), table.column(COL.stamp_size).to_numpy(), where)
+        images = decode_image_column(table.column(COL.image), table.column(COL.n_bands).to_numpy(), table.column(COL.stamp_size).to_numpy(), where)
         return images, table.select(list(extra_columns))
 
     def groups_of(self, rows: np.ndarray) -> list[tuple[RowGroup, np.ndarray]]:

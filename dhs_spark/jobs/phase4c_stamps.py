@@ -67,7 +67,7 @@ import pyarrow as pa
 from dhs_spark.config.experiment import PsfWingsConfig
 from dhs_spark.errors import ConfigError, InputDataError, RejectError
 from dhs_spark.jobs import paths as P
-from dhs_spark.schema import PIPELINE_VERSION, REJECT_COLUMNS, STAMP_COLUMNS, Column, arrow_schema, spark_schema
+from dhs_spark.schema import IMAGE_DTYPE, PIPELINE_VERSION, REJECT_COLUMNS, STAMP_COLUMNS, Column, arrow_schema, spark_schema
 
 log = logging.getLogger("dhs.jobs.4c")
 
@@ -84,7 +84,6 @@ RECORD_COLUMNS: tuple[Column, ...] = (
 # has no image, so the combined rows let it be null (the written stamps keep it required).
 OUTPUT_COLUMNS: tuple[Column, ...] = tuple(dataclasses.replace(c, nullable=True) if c.name == "image" else c for c in STAMP_COLUMNS) + RECORD_COLUMNS
 OUTPUT_SCHEMA = arrow_schema(OUTPUT_COLUMNS)
-_LIST_COLUMNS = ("image", "invvar")
 
 
 @dataclass(frozen=True)
@@ -324,23 +323,24 @@ def make_stamp(row: dict, brick, params: StampParams, loader=None, psf: Optional
     return out, np.ascontiguousarray(image, dtype=np.float32), cut.invvar if params.write_invvar else None
 
 
-def _list_array(arrays: list[Optional[np.ndarray]]) -> pa.Array:
-    """A list<float32> Arrow array from per-row arrays (None -> null), without per-element copies."""
-    lengths = np.array([0 if a is None else a.size for a in arrays], dtype=np.int32)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    values = [a.ravel() for a in arrays if a is not None]
-    flat = np.concatenate(values).astype(np.float32, copy=False) if values else np.empty(0, np.float32)
-    mask = pa.array([a is None for a in arrays], pa.bool_())
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(flat, pa.float32()), mask=mask)
+def _binary_array(arrays: list[Optional[np.ndarray]]) -> pa.Array:
+    """A binary Arrow array of per-row (C, H, W) arrays (None -> null) as raw '<f4' bytes
+    (``dhs_spark.schema.IMAGE_ENCODING``), built with one copy into the data buffer."""
+    offsets = np.zeros(len(arrays) + 1, np.int32)
+    np.cumsum([0 if a is None else 4 * a.size for a in arrays], out=offsets[1:])
+    values = [np.ravel(a).astype(IMAGE_DTYPE, copy=False) for a in arrays if a is not None]
+    data = np.concatenate(values) if values else np.empty(0, IMAGE_DTYPE)
+    validity = None if len(values) == len(arrays) else pa.array([a is not None for a in arrays], pa.bool_()).buffers()[1]
+    return pa.Array.from_buffers(pa.binary(), len(arrays), [validity, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
 def _record_batch(rows: list[dict], images: list, invvars: list) -> pa.RecordBatch:
     columns = []
     for field in OUTPUT_SCHEMA:
         if field.name == "image":
-            columns.append(_list_array(images))
+            columns.append(_binary_array(images))
         elif field.name == "invvar":
-            columns.append(_list_array(invvars))
+            columns.append(_binary_array(invvars))
         else:
             columns.append(pa.array([r.get(field.name) for r in rows], field.type))
     return pa.RecordBatch.from_arrays(columns, schema=OUTPUT_SCHEMA)
@@ -458,9 +458,11 @@ def produce(spark, cfg, paths: P.ExperimentPaths, inputs, opts, staging: str) ->
     # with the same reason, and the reconciliation below catches any row that does not.
     stamps_uri, rejects_uri = P.join(staging, "stamps"), P.join(staging, "rejects")
     stamps = stamped(manifest).filter(F.col("record_kind") == "stamp").select(*[c.name for c in STAMP_COLUMNS])
-    # Dictionary encoding never pays on float pixels, and parquet-mr tries it value by value
-    # before falling back: off, it cuts the JVM's Parquet CPU by ~40 % (benchmarks/bench_spark_inject.py).
-    stamps.write.option("parquet.enable.dictionary", "false").partitionBy("split").parquet(stamps_uri)
+    # Dictionary encoding never pays on pixel bytes, and parquet-mr tries it before falling back;
+    # zstd level 1 is pyarrow's default (parquet-mr's is 3): noise-dominated float32 stamps shrink
+    # to ~0.93 of their size at either level, and level 3 costs ~1.7x the compression CPU.
+    writer = stamps.write.option("parquet.enable.dictionary", "false").option("parquet.compression.codec.zstd.level", "1")
+    writer.partitionBy("split").parquet(stamps_uri)
     written = spark.read.schema(spark_schema(STAMP_COLUMNS)).parquet(stamps_uri).select("task_id")
     unstamped = manifest.join(written, "task_id", "left_anti")
     stamped(unstamped).filter(F.col("record_kind") == "reject").select(*[c.name for c in REJECT_COLUMNS]).write.parquet(rejects_uri)

@@ -29,7 +29,7 @@ import numpy as np
 
 from dhs_spark.errors import InputDataError
 from dhs_spark.jobs import paths as P
-from dhs_spark.schema import MANIFEST_COLUMNS, REJECT_COLUMNS, STAMP_COLUMNS, spark_schema
+from dhs_spark.schema import MANIFEST_COLUMNS, REJECT_COLUMNS, STAMP_COLUMNS, decode_image_column, spark_schema
 
 log = logging.getLogger("dhs.jobs.4d")
 
@@ -66,6 +66,34 @@ def core_auc(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> float |
     return float(roc_auc_score(labels, scores))
 
 
+def _decoded(batch) -> np.ndarray:
+    """The (N, C, H, W) images of an Arrow batch holding image, n_bands and stamp_size."""
+    return decode_image_column(batch.column("image"), batch.column("n_bands").to_numpy(), batch.column("stamp_size").to_numpy(), "4d stamps")
+
+
+def _nonfinite_pixels(batches):
+    """mapInArrow: each batch of stamps -> one row, its count of NaN/inf pixels."""
+    import pyarrow as pa
+
+    for batch in batches:
+        yield pa.RecordBatch.from_pydict({"n": pa.array([int((~np.isfinite(_decoded(batch))).sum())], pa.int64())})
+
+
+def _core_pixels(idx: list[int]):
+    """mapInArrow function: stamps -> (task_id, label, core), core = the flat pixels ``idx`` (float64)."""
+
+    def run(batches):
+        import pyarrow as pa
+
+        for batch in batches:
+            images = _decoded(batch)
+            core = images.reshape(len(images), -1)[:, idx].astype(np.float64)
+            offsets = pa.array(np.arange(len(core) + 1, dtype=np.int32) * len(idx))
+            yield pa.RecordBatch.from_arrays([batch.column("task_id"), batch.column("label"), pa.ListArray.from_arrays(offsets, pa.array(core.ravel()))], ["task_id", "label", "core"])
+
+    return run
+
+
 def _stamps_marker(spark, paths):
     marker = P.read_marker(spark, paths.stage_dir("4c"))
     if marker is None:
@@ -90,7 +118,8 @@ def evaluate(spark, cfg, paths: P.ExperimentPaths, max_rows: int) -> dict:
     n_unknown = ids.join(manifest.select("task_id"), "task_id", "left_anti").count()
     reconciled = n_manifest == n_stamps + n_rejects == n_distinct and n_unknown == 0
 
-    nonfinite_pixels = stamps.select(F.sum(F.expr("size(filter(image, x -> isnan(x) OR abs(x) = double('inf')))")).alias("n")).first()["n"] or 0
+    image_cols = ["image", "n_bands", "stamp_size"]
+    nonfinite_pixels = stamps.select(*image_cols).mapInArrow(_nonfinite_pixels, "n long").agg(F.sum("n").alias("n")).first()["n"] or 0
     truth_cols = ["magnification", "arc_snr_sum", "arc_snr_peak"] + [f"lensed_flux_{b}_nmgy" for b in "grz"]
     injections = stamps.filter(~F.col("is_control"))
     bad_truth = injections.filter(F.greatest(*[F.isnan(F.col(c)).cast("int") for c in truth_cols]) == 1).count()
@@ -122,7 +151,7 @@ def evaluate(spark, cfg, paths: P.ExperimentPaths, max_rows: int) -> dict:
     idx = core_indices(size)
     frac = min(1.0, max_rows / max(n_stamps, 1))
     sample = stamps.filter(F.conv(F.substring("task_id", 1, 8), 16, 10).cast("double") / float(2**32) < frac)
-    core_df = sample.select("task_id", "label", F.array(*[F.col("image")[i] for i in idx]).alias("core")).orderBy("task_id").toPandas()
+    core_df = sample.select("task_id", "label", *image_cols).mapInArrow(_core_pixels(idx), "task_id string, label int, core array<double>").orderBy("task_id").toPandas()
     auc = None
     if len(core_df):
         feats = np.stack(core_df["core"].map(lambda a: np.asarray(a, dtype=np.float64)).to_numpy())

@@ -22,6 +22,7 @@ from coadd_psf_server import PSFS, CoaddPsfServer
 from dhs_spark.config.experiment import PsfWingsConfig
 from dhs_spark.jobs.phase4c_stamps import StampParams, _BrickPsf, _cosmos_loader, make_stamp, stamp_params
 from dhs_spark.jobs.pipeline import main
+from dhs_spark.schema import decode_image
 from dhs_spark.survey import psf
 from dhs_spark.survey.bricks import brick_center
 from dhs_spark.survey.coadds import CoaddBrick
@@ -131,7 +132,7 @@ def test_injected_flux_matches_truth_and_is_conserved(run, survey):
     for row in inj.itertuples():
         brick = bricks.setdefault(row.brickname, CoaddBrick(survey.root, row.brickname))
         cut = brick.cutout(row.ra, row.dec, STAMP).image.astype(np.float64)
-        img = np.asarray(row.image, np.float32).reshape(3, STAMP, STAMP)
+        img = decode_image(row.image, 3, STAMP)
         added = (img - cut).reshape(3, -1).sum(axis=1)
         truth = np.array([row.lensed_flux_g_nmgy, row.lensed_flux_r_nmgy, row.lensed_flux_z_nmgy])
         # float32 rounding of host + arc per pixel: << 1e-3 nmgy over the stamp
@@ -171,7 +172,7 @@ def test_spark_stamps_equal_in_process_renders_with_the_same_psfs(run, survey, s
         row = s[(s.brickname == brick) & ~s.is_control].iloc[0]
         manifest_row = {**m.loc[row.task_id].to_dict(), "task_id": row.task_id}
         values, image, _ = make_stamp(manifest_row, CoaddBrick(survey.root, brick), params)
-        assert image.tobytes() == np.asarray(row.image, np.float32).tobytes(), brick
+        assert image.tobytes() == decode_image(row.image, 3, STAMP).tobytes(), brick
         assert values["magnification"] == row.magnification
     # the fallback is logged (a fresh provider, as in a new partition): never silent
     params = _cfg_params(survey, server, tmp_path)

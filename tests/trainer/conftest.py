@@ -74,13 +74,12 @@ def stamp_table(images: np.ndarray, cols: dict, nside: int = 1024) -> pa.Table:
     hp = healpix_index(cols["ra"], cols["dec"], nside)
     frac = np.array([stable_hash64("split", int(h)) % 1000 / 1000 for h in hp])
     split = np.where(frac < 0.6, "train", np.where(frac < 0.8, "val", "test"))
-    offsets = pa.array(np.arange(n + 1, dtype=np.int32) * (c * s * s))
     given = {
         "task_id": pa.array([f"{stable_hash64('task', float(r), float(d), int(lab)):016x}" for r, d, lab in zip(cols["ra"], cols["dec"], cols["label"])]),
         "split": pa.array(split),
         "healpix_index": pa.array(hp),
         "is_control": pa.array(cols["label"] == 0),
-        "image": pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(images).ravel())),
+        "image": pa.array([im.astype("<f4").tobytes() for im in images], pa.binary()),
         "n_bands": pa.array(np.full(n, c, np.int32)),
         "stamp_size": pa.array(np.full(n, s, np.int32)),
         "source_mode": pa.array(np.where(cols["label"] == 1, "parametric", "none")),

@@ -6,27 +6,41 @@ import pyarrow.parquet as pq
 import pytest
 
 from dhs_spark.errors import InputDataError
-from trainer.data import COL, StampDataset, StampIndex, decode_images, load_images, make_loader
+from dhs_spark.schema import decode_image, decode_image_column
+from trainer.data import COL, StampDataset, StampIndex, load_images, make_loader
 from trainer.preprocess import PreprocessConfig, preprocess
+
+
+def _binary(images: np.ndarray) -> pa.Array:
+    return pa.array([im.astype("<f4").tobytes() for im in images], pa.binary())
 
 
 def test_decode_is_a_view_in_chw_order():
     images = np.arange(2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
-    offsets = pa.array(np.array([0, 48, 96], np.int32))
-    arr = pa.ListArray.from_arrays(offsets, pa.array(images.ravel()))
-    flat = decode_images(arr)
-    assert np.shares_memory(flat, arr.values.to_numpy()), "decoding must not copy the Arrow buffer"
-    np.testing.assert_array_equal(flat.reshape(2, 3, 4, 4), images)
-    # a sliced array (offset != 0) still decodes the right rows
-    np.testing.assert_array_equal(decode_images(arr.slice(1, 1)).reshape(1, 3, 4, 4), images[1:])
+    arr = _binary(images)
+    decoded = decode_image_column(arr, np.array([3, 3]), np.array([4, 4]))
+    assert np.shares_memory(decoded, np.frombuffer(arr.buffers()[2], np.uint8)), "decoding must not copy the Arrow buffer"
+    np.testing.assert_array_equal(decoded, images)
+    assert decoded[1, 2, 0, 3] == 48 + 2 * 16 + 3  # flat position: row 1, band 2 (band-major), y 0, x 3
+    # a sliced array (offset != 0) still decodes the right rows; so does a chunked column
+    np.testing.assert_array_equal(decode_image_column(arr.slice(1, 1), 3, 4), images[1:])
+    np.testing.assert_array_equal(decode_image_column(pa.chunked_array([arr.slice(0, 1), arr.slice(1, 1)]), 3, 4), images)
+    np.testing.assert_array_equal(decode_image(arr[1], 3, 4), images[1])
+    np.testing.assert_array_equal(decode_image(images[0].tobytes(), 3, 4), images[0])
 
 
-def test_decode_rejects_ragged_and_null_rows():
-    ragged = pa.ListArray.from_arrays(pa.array(np.array([0, 4, 9], np.int32)), pa.array(np.zeros(9, np.float32)))
-    with pytest.raises(InputDataError, match="row 1 has 5 values"):
-        decode_images(ragged, "f.parquet")
+def test_decode_rejects_ragged_null_mistyped_and_mixed_rows():
+    ragged = pa.array([np.zeros(48, "<f4").tobytes(), np.zeros(47, "<f4").tobytes()], pa.binary())
+    with pytest.raises(InputDataError, match="f.parquet: image of row 1 has 188 bytes"):
+        decode_image_column(ragged, 3, 4, "f.parquet")
     with pytest.raises(InputDataError, match="null images"):
-        decode_images(pa.array([[1.0, 2.0], None], pa.list_(pa.float32())))
+        decode_image_column(pa.array([np.zeros(48, "<f4").tobytes(), None], pa.binary()), 3, 4)
+    with pytest.raises(InputDataError, match="expected binary"):
+        decode_image_column(pa.array([[1.0, 2.0]], pa.list_(pa.float32())), 1, 1)
+    with pytest.raises(InputDataError, match="mixed stamp shapes"):
+        decode_image_column(_binary(np.zeros((2, 3, 4, 4), np.float32)), np.array([3, 3]), np.array([4, 5]))
+    with pytest.raises(ValueError, match="47 float32 values"):
+        decode_image(np.zeros(47, "<f4").tobytes(), 3, 4)
 
 
 def test_index_reads_images_written_by_the_fixture(stamp_data):
