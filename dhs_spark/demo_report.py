@@ -26,7 +26,7 @@ REAL_ANCHOR_STATEMENT = (
     "tests/data/cutouts_dr10; every other known lens and every ring or merger of the merged catalogues has no image here, so the "
     "contamination, separation and AUROC criteria cannot be measured and the anchor gate cannot pass. To score them all, run "
     "`dhs anchors compute --known-lens-dir demo_out/catalogs --hard-neg-dir demo_out/catalogs --checkpoint demo_out/train/best.pt "
-    "--cutout-service-url https://www.legacysurvey.org/viewer/fits-cutout --output-dir anchors_dr10` on a machine that can reach the "
+    "--cutout-service-url https://www.legacysurvey.org/viewer --output-dir anchors_dr10` on a machine that can reach the "
     "Legacy Survey cutout service (or --coadd-root with a local copy of the DR10 coadds)."
 )
 
