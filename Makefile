@@ -29,7 +29,8 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 bench: $(STAMP)
-	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	$(BIN)/python -m pytest -q -m slow tests
+	for b in benchmarks/bench_*.py benchmarks/psf_realism.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache
