@@ -489,8 +489,11 @@ def _histograms(lens_scores, neg_scores, threshold: float, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     bins = np.linspace(0, 1, 41)
-    ax.hist(lens_scores, bins=bins, alpha=0.6, label=f"known lenses (n={len(lens_scores)})", density=True)
-    ax.hist(neg_scores, bins=bins, alpha=0.6, label=f"hard negatives (n={len(neg_scores)})", density=True)
+    for scores, name in ((lens_scores, "known lenses"), (neg_scores, "hard negatives")):
+        if len(scores):  # an empty set has no density; it still shows in the legend as n=0
+            ax.hist(scores, bins=bins, alpha=0.6, label=f"{name} (n={len(scores)})", density=True)
+        else:
+            ax.plot([], [], label=f"{name} (n=0)")
     ax.axvline(threshold, color="k", ls="--", label=f"threshold {threshold}")
     ax.set_xlabel("model score")
     ax.set_ylabel("density")
