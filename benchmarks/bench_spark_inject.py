@@ -16,7 +16,8 @@ reconciliation). Printed:
   JVM plus its Python workers) is printed too.
 - brick I/O vs injection share of the per-stamp work (from the loop's timers: opening and
   reading brick files; cutting, rendering, PSF, noise; Arrow + Parquet for the rest).
-- Python worker peak RSS (VmHWM of the JVM's pyspark worker processes, /proc) after each size.
+- Python worker peak RSS (VmHWM of the JVM's pyspark worker processes, /proc) of the workers
+  that ran each size, and the CPU per row split into the JVM and its Python workers.
 - the first-call numba compile of one process (each Spark Python worker pays it once).
 - EMR cost per 10^6 stamps from the measured per-core Spark rate (rows per CPU second of the JVM
   and its Python workers, so independent of the machine's load; assumptions printed).
@@ -84,6 +85,7 @@ class WorkerRSS:
     def __init__(self, jvm_pid: int, every_s: float = 0.5):
         self.jvm_pid, self.every_s = jvm_pid, every_s
         self.peak_mib: dict[int, float] = {}
+        self.window: set[int] = set()  # workers seen since the last new_window()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -98,6 +100,7 @@ class WorkerRSS:
             except (OSError, StopIteration):
                 continue
             self.peak_mib[pid] = max(self.peak_mib.get(pid, 0.0), hwm / 1024.0)
+            self.window.add(pid)
 
     def _run(self):
         while not self._stop.wait(self.every_s):
@@ -114,6 +117,13 @@ class WorkerRSS:
 
     def worker_peak_mib(self) -> float:
         return max(self.peak_mib.values(), default=float("nan"))
+
+    def new_window(self) -> None:
+        self.window = set()
+
+    def window_peak_mib(self) -> float:
+        """Peak of the workers seen in this window (a worker reused from an earlier window counts its whole life)."""
+        return max((self.peak_mib[p] for p in self.window), default=float("nan"))
 
 
 def make_experiment(spark, root: Path, survey, n_stamps: int, stamp_size: int, tag: str):
@@ -201,15 +211,19 @@ def main(argv=None) -> int:
     with rss:
         for n in sizes:
             cfg, paths, inputs, opts = make_experiment(spark, work / "exp", survey, n, args.stamp_size, f"n{n}")
+            rss.new_window()
             cpu0, t0 = spark_cpu_s(jvm_pid), time.perf_counter()
             marker = run_stage(spark, "4c", cfg, inputs, opts)
             wall = time.perf_counter() - t0
             cpu1 = spark_cpu_s(jvm_pid)
             cpu = sum(v - cpu0.get(pid, 0.0) for pid, v in cpu1.items())
+            jvm_cpu = cpu1[jvm_pid] - cpu0[jvm_pid]
             rss.poll()
-            results.append({"n": marker["n_stamps"] + marker["n_rejects"], "wall_s": wall, "cpu_s": cpu, "rss_mib": rss.worker_peak_mib()})
-            print(f"spark 4c: {results[-1]['n']} rows ({marker['n_stamps']} stamps) in {wall:.1f} s = {results[-1]['n'] / wall:.1f} rows/s, "
-                  f"{1e3 * cpu / results[-1]['n']:.2f} CPU ms/row (JVM + Python workers); python worker peak RSS so far {results[-1]['rss_mib']:.0f} MiB; "
+            n_rows = marker["n_stamps"] + marker["n_rejects"]
+            results.append({"n": n_rows, "wall_s": wall, "cpu_s": cpu, "rss_mib": rss.worker_peak_mib(), "window_rss_mib": rss.window_peak_mib()})
+            print(f"spark 4c: {n_rows} rows ({marker['n_stamps']} stamps, {len(rss.window)} Python workers) in {wall:.1f} s = {n_rows / wall:.1f} rows/s, "
+                  f"{1e3 * cpu / n_rows:.2f} CPU ms/row (JVM {1e3 * jvm_cpu / n_rows:.2f} + Python workers {1e3 * (cpu - jvm_cpu) / n_rows:.2f}); "
+                  f"python worker peak RSS: this size's workers {results[-1]['window_rss_mib']:.0f} MiB, all so far {results[-1]['rss_mib']:.0f} MiB; "
                   f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
 
     # The plain loop runs twice (the load of a shared machine varies; the better rate counts).
@@ -234,7 +248,7 @@ def main(argv=None) -> int:
           f"needs 2 idle cores: load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")  # fmt: skip
     print(f"RATIO CPU: plain-loop CPU per row (better run, {1e3 * loop_cpu:.2f} ms) / Spark CPU per row (JVM + workers) = {cpu_ratio:.2f} "
           "(load-independent form of the same target)")  # fmt: skip
-    print("python worker peak RSS (MiB): " + ", ".join(f"{r['n']} stamps: {r['rss_mib']:.0f}" for r in results))
+    print("python worker peak RSS (MiB, workers of that size): " + ", ".join(f"{r['n']} stamps: {r['window_rss_mib']:.0f}" for r in results))
     per_core = results[-1]["n"] / results[-1]["cpu_s"]  # rows per CPU second of JVM + workers: one busy core's rate
     usd = 1e6 / (per_core * EMR_VCPU * 3600.0) * EMR_USD_PER_HOUR
     print(f"EMR on paper: {per_core:.1f} stamps/s per core (Spark rows per CPU second) -> {EMR_INSTANCE} ({EMR_VCPU} vCPU, ${EMR_USD_PER_HOUR:.3f}/h on-demand EC2 + EMR, "
