@@ -43,6 +43,7 @@ from dhs_spark.errors import ConfigError, InputDataError
 from dhs_spark.sims.lensing import LensLike, as_lens
 from dhs_spark.sims.render import (  # also sets a writable NUMBA_CACHE_DIR before numba loads
     fast_lens_params,
+    pixel_corners_f32,
     sie_shear_point_f32,
     subpixel_centres_f32,
 )
@@ -221,13 +222,7 @@ def _cosmos_fast_kernel(size, pixscale, k, lens_p, frame_p, quad, wp, hp, inv_pi
     half = size // 2
     nc = size + 1
     # 1. the (size+1)^2 pixel corners
-    cxs = np.empty(nc * nc, dtype=np.float32)
-    cys = np.empty(nc * nc, dtype=np.float32)
-    for a in range(nc):
-        yy = np.float32((a - half - 0.5) * pixscale)
-        for c in range(nc):
-            cxs[a * nc + c] = np.float32((c - half - 0.5) * pixscale)
-            cys[a * nc + c] = yy
+    cxs, cys = pixel_corners_f32(size, pixscale)
     cu = np.empty(nc * nc, dtype=np.float32)
     cv = np.empty(nc * nc, dtype=np.float32)
     _trace_to_stamp_frame_f32(cxs, cys, lens_p, frame_p, cu, cv)

@@ -256,6 +256,22 @@ def sie_shear_point_f32(xx, yy, lens_p):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True)
+def pixel_corners_f32(size, pixscale):  # pragma: no cover - compiled
+    """Image-plane (x, y) in arcsec, float32, of the (size+1)^2 pixel corners, row-major
+    (corner (a, c) at index a * (size + 1) + c, at ((c - size//2 - 1/2), (a - size//2 - 1/2)) * pixscale)."""
+    half = size // 2
+    nc = size + 1
+    xs = np.empty(nc * nc, dtype=np.float32)
+    ys = np.empty(nc * nc, dtype=np.float32)
+    for a in range(nc):
+        yy = np.float32((a - half - 0.5) * pixscale)
+        for c in range(nc):
+            xs[a * nc + c] = np.float32((c - half - 0.5) * pixscale)
+            ys[a * nc + c] = yy
+    return xs, ys
+
+
+@numba.njit(cache=True)
 def subpixel_centres_f32(pixels, n_pixels, size, k, pixscale):  # pragma: no cover - compiled
     """Image-plane (x, y) in arcsec, float32, of the k x k sub-pixel centres of the first
     ``n_pixels`` flat pixel indices in ``pixels`` (row-major, i * size + j), pixel after pixel,
@@ -287,13 +303,7 @@ def _sersic_fast_kernel(size, pixscale, k, lens_p, src_p, r_cut, centre_r2_pix, 
     """
     half = size // 2
     nc = size + 1
-    cxs = np.empty(nc * nc, dtype=np.float32)
-    cys = np.empty(nc * nc, dtype=np.float32)
-    for a in range(nc):
-        yy = np.float32((a - half - 0.5) * pixscale)
-        for c in range(nc):
-            cxs[a * nc + c] = np.float32((c - half - 0.5) * pixscale)
-            cys[a * nc + c] = yy
+    cxs, cys = pixel_corners_f32(size, pixscale)
     cu = np.empty(nc * nc, dtype=np.float32)
     cv = np.empty(nc * nc, dtype=np.float32)
     csb = np.empty(nc * nc, dtype=np.float32)
