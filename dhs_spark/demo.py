@@ -398,9 +398,10 @@ def pipeline_config(paths: DemoPaths):
 def write_training_view(stamps_dir: Path, out_dir: Path) -> dict[str, int]:
     """One Parquet file per split with ``split`` as a column, rows sorted by task_id.
 
-    Spark's ``partitionBy('split')`` keeps the split in the directory names (``split=train/``)
-    only, and :class:`trainer.data.StampIndex` reads it from a column, so the demo writes this
-    explicit view (a copy of the stamps) for the trainer and the scorer.
+    The trainer reads Spark's ``split=<value>/`` directories directly, but Spark names its part
+    files with a per-run UUID and orders rows by task scheduling, so the row order (and with it
+    the seeded shuffle) would change when 4c is rerun. This copy puts the stamps in one canonical
+    order, so that a rerun of the demo gives the same numbers.
     """
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
