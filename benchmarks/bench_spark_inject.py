@@ -16,8 +16,9 @@ reconciliation). Printed:
   JVM plus its Python workers) is printed too.
 - brick I/O vs injection share of the per-stamp work (from the loop's timers: opening and
   reading brick files; cutting, rendering, PSF, noise; Arrow + Parquet for the rest).
-- Python worker peak RSS (VmHWM of the JVM's pyspark worker processes, /proc) of the workers
-  that ran each size, and the CPU per row split into the JVM and its Python workers.
+- Python worker peak RSS (VmHWM of the JVM's pyspark worker processes, /proc, reset before each
+  stage since Spark reuses workers) in 4c and in the 4a that made its manifest, and the CPU per
+  row split into the JVM and its Python workers.
 - the first-call numba compile of one process (each Spark Python worker pays it once).
 - EMR cost per 10^6 stamps from the measured per-core Spark rate (rows per CPU second of the JVM
   and its Python workers, so independent of the machine's load; assumptions printed).
@@ -80,27 +81,45 @@ def spark_cpu_s(jvm_pid: int) -> dict[int, float]:
 
 
 class WorkerRSS:
-    """Peak RSS (VmHWM, MiB) of the pyspark worker processes under the driver's JVM, polled."""
+    """Peak RSS (VmHWM, MiB) of the pyspark worker processes under the driver's JVM, polled.
+
+    Spark reuses its Python workers across stages and tasks, and VmHWM is a process's lifetime
+    peak: without a reset, the peak of a 4c window would include whatever the same worker did
+    before (4a's ``mapInPandas`` expands a whole batch of hosts into one pandas frame, ~10 KB per
+    manifest row). ``new_window()`` therefore resets the kernel's VmHWM of the live workers
+    (``echo 5 > /proc/PID/clear_refs``, Linux >= 4.0) after folding it into the lifetime peak.
+    """
 
     def __init__(self, jvm_pid: int, every_s: float = 0.5):
         self.jvm_pid, self.every_s = jvm_pid, every_s
-        self.peak_mib: dict[int, float] = {}
-        self.window: set[int] = set()  # workers seen since the last new_window()
+        self.peak_mib: dict[int, float] = {}  # lifetime peak per worker
+        self.window: dict[int, float] = {}  # peak per worker since the last new_window()
+        self.hwm_reset = True  # False when the kernel refused the VmHWM reset (window peaks then include earlier work)
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def poll(self) -> None:
+    def _workers(self) -> list[int]:
+        out = []
         for pid in _descendants(self.jvm_pid):
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                    if b"pyspark" not in fh.read():
-                        continue
-                with open(f"/proc/{pid}/status") as fh:
-                    hwm = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM"))
-            except (OSError, StopIteration):
+                    if b"pyspark" in fh.read():
+                        out.append(pid)
+            except OSError:
                 continue
-            self.peak_mib[pid] = max(self.peak_mib.get(pid, 0.0), hwm / 1024.0)
-            self.window.add(pid)
+        return out
+
+    def poll(self) -> None:
+        with self._lock:
+            for pid in self._workers():
+                try:
+                    with open(f"/proc/{pid}/status") as fh:
+                        hwm = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM")) / 1024.0
+                except (OSError, StopIteration):
+                    continue
+                self.peak_mib[pid] = max(self.peak_mib.get(pid, 0.0), hwm)
+                self.window[pid] = max(self.window.get(pid, 0.0), hwm)
 
     def _run(self):
         while not self._stop.wait(self.every_s):
@@ -119,11 +138,19 @@ class WorkerRSS:
         return max(self.peak_mib.values(), default=float("nan"))
 
     def new_window(self) -> None:
-        self.window = set()
+        self.poll()
+        with self._lock:
+            self.window = {}
+            for pid in self._workers():
+                try:
+                    with open(f"/proc/{pid}/clear_refs", "w") as fh:
+                        fh.write("5")
+                except OSError:
+                    self.hwm_reset = False
 
     def window_peak_mib(self) -> float:
-        """Peak of the workers seen in this window (a worker reused from an earlier window counts its whole life)."""
-        return max((self.peak_mib[p] for p in self.window), default=float("nan"))
+        """Peak RSS of the workers seen since the last new_window()."""
+        return max(self.window.values(), default=float("nan"))
 
 
 def make_experiment(spark, root: Path, survey, n_stamps: int, stamp_size: int, tag: str):
@@ -210,7 +237,10 @@ def main(argv=None) -> int:
     rss = WorkerRSS(jvm_pid)
     with rss:
         for n in sizes:
+            rss.new_window()
             cfg, paths, inputs, opts = make_experiment(spark, work / "exp", survey, n, args.stamp_size, f"n{n}")
+            rss.poll()
+            manifest_rss = rss.window_peak_mib()
             rss.new_window()
             cpu0, t0 = spark_cpu_s(jvm_pid), time.perf_counter()
             marker = run_stage(spark, "4c", cfg, inputs, opts)
@@ -220,10 +250,10 @@ def main(argv=None) -> int:
             jvm_cpu = cpu1[jvm_pid] - cpu0[jvm_pid]
             rss.poll()
             n_rows = marker["n_stamps"] + marker["n_rejects"]
-            results.append({"n": n_rows, "wall_s": wall, "cpu_s": cpu, "rss_mib": rss.worker_peak_mib(), "window_rss_mib": rss.window_peak_mib()})
+            results.append({"n": n_rows, "wall_s": wall, "cpu_s": cpu, "rss_mib": rss.worker_peak_mib(), "window_rss_mib": rss.window_peak_mib(), "manifest_rss_mib": manifest_rss})
             print(f"spark 4c: {n_rows} rows ({marker['n_stamps']} stamps, {len(rss.window)} Python workers) in {wall:.1f} s = {n_rows / wall:.1f} rows/s, "
                   f"{1e3 * cpu / n_rows:.2f} CPU ms/row (JVM {1e3 * jvm_cpu / n_rows:.2f} + Python workers {1e3 * (cpu - jvm_cpu) / n_rows:.2f}); "
-                  f"python worker peak RSS: this size's workers {results[-1]['window_rss_mib']:.0f} MiB, all so far {results[-1]['rss_mib']:.0f} MiB; "
+                  f"python worker peak RSS: in this 4c {results[-1]['window_rss_mib']:.0f} MiB (in its 4a {manifest_rss:.0f}), all so far {results[-1]['rss_mib']:.0f} MiB; "
                   f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
 
     # The plain loop runs twice (the load of a shared machine varies; the better rate counts).
@@ -248,7 +278,9 @@ def main(argv=None) -> int:
           f"needs 2 idle cores: load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")  # fmt: skip
     print(f"RATIO CPU: plain-loop CPU per row (better run, {1e3 * loop_cpu:.2f} ms) / Spark CPU per row (JVM + workers) = {cpu_ratio:.2f} "
           "(load-independent form of the same target)")  # fmt: skip
-    print("python worker peak RSS (MiB, workers of that size): " + ", ".join(f"{r['n']} stamps: {r['window_rss_mib']:.0f}" for r in results))
+    print("python worker peak RSS in 4c (MiB, VmHWM reset before each size): " + ", ".join(f"{r['n']} stamps: {r['window_rss_mib']:.0f}" for r in results)
+          + f"; in 4a (manifest for that size): {', '.join(str(round(r['manifest_rss_mib'])) for r in results)}"
+          + ("" if rss.hwm_reset else " (VmHWM reset refused by the kernel: 4c peaks include earlier stages of reused workers)"))  # fmt: skip
     per_core = results[-1]["n"] / results[-1]["cpu_s"]  # rows per CPU second of JVM + workers: one busy core's rate
     usd = 1e6 / (per_core * EMR_VCPU * 3600.0) * EMR_USD_PER_HOUR
     print(f"EMR on paper: {per_core:.1f} stamps/s per core (Spark rows per CPU second) -> {EMR_INSTANCE} ({EMR_VCPU} vCPU, ${EMR_USD_PER_HOUR:.3f}/h on-demand EC2 + EMR, "
