@@ -134,6 +134,9 @@ def _row(params: ManifestParams, host: dict, cell_id: int, split: str, config_id
     return row
 
 
+MANIFEST_ROWS_PER_CHUNK = 4096
+
+
 def expand_hosts(hosts, params: ManifestParams):
     """Manifest rows (pandas DataFrame of MANIFEST_COLUMNS) for a pandas DataFrame of hosts.
 
@@ -237,9 +240,14 @@ def produce(spark, cfg, paths: P.ExperimentPaths, inputs, opts, staging: str) ->
     params = manifest_params(cfg, opts.tier)
     hosts = host_frame(spark, inputs, cfg, opts.tier, opts.debug_hosts)
 
+    # Bound the rows built per yield: a host expands to n_replicates x (cells + 1) rows, and a
+    # whole Arrow batch of hosts at once held ~11 KB per row in the (reused) Python worker.
+    hosts_per_chunk = max(1, MANIFEST_ROWS_PER_CHUNK // (params.n_replicates * (len(params.cells) + 1)))
+
     def expand(batches):
         for pdf in batches:
-            yield expand_hosts(pdf, params)
+            for start in range(0, len(pdf), hosts_per_chunk):
+                yield expand_hosts(pdf.iloc[start : start + hosts_per_chunk], params)
 
     manifest = hosts.mapInPandas(expand, spark_schema(MANIFEST_COLUMNS))
     out = P.join(staging, "manifest")
