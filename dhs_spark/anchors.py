@@ -468,14 +468,14 @@ def _gallery(rows, images: dict, path: Path, title: str, n_max: int = 16) -> boo
         return False
     ncol = min(4, len(rows))
     nrow = int(np.ceil(len(rows) / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3 * ncol, 3.2 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3 * ncol, 3.6 * nrow + 0.4), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, r in zip(axes.ravel(), rows):
         ax.imshow(grz_to_rgb(images[r["key"]]), origin="lower")
         ax.set_title(f"{r['name'][:22]}\nscore {r['score']:.3f}", fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (3.6 * nrow + 0.4)))  # keep the suptitle clear of the first row's titles
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return True
