@@ -18,9 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from dhs_spark.errors import InputDataError
+from dhs_spark.hardneg import LOOKUP_COLUMNS  # the writer's column list: one definition
 from dhs_spark.healpix import nearest_within
-
-LOOKUP_COLUMNS = ("ra", "dec", "healpix_index", "source", "weight", "score")
 
 
 @dataclass(frozen=True)
