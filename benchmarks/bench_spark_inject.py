@@ -3,14 +3,15 @@
     python benchmarks/bench_spark_inject.py            # 1k and 5k stamps (a few minutes on 2 cores)
     python benchmarks/bench_spark_inject.py --full     # 5k and 50k stamps (the RSS figures of the issue)
 
-Both sides run the same function, ``dhs_spark.jobs.phase4c_stamps.stamp_batches`` (open the
-brick, cut, inject a Sersic arc with its Poisson noise, build the Arrow batch), on the same
-manifest rows from the mock survey, and write Parquet (zstd). The Spark side is the whole 4c
-stage as the pipeline runs it (repartition by brick, mapInArrow, both writes, the read-back
-reconciliation). Printed:
+Both sides run the same task function, ``dhs_spark.jobs.phase4c_stamps.write_stamps`` (open the
+brick, cut, inject a Sersic arc with its Poisson noise, build the Arrow batch, write the stamps
+with ``dhs_spark.jobs.stamp_writer``: pyarrow Parquet, zstd), on the same manifest rows from the
+mock survey. The Spark side is the whole 4c stage as the pipeline runs it (repartition by brick,
+mapInArrow, the rejects write, the read-back reconciliation, the commit). Printed:
 
 - rate: Spark local[2] stamps/s against 2 x the single-process rate (target >= 0.8), at the
-  largest size; the plain loop runs on the first ``--loop-stamps`` rows (a per-stamp rate),
+  largest size; the plain loop runs on ``--loop-stamps`` evenly spaced rows of the same manifest
+  (every brick, in brick order; a per-stamp rate),
   before and after the last Spark run (the better rate counts). On a shared machine the wall
   ratio needs two idle cores, so the CPU ratio (CPU seconds per row of the loop over those of the
   JVM plus its Python workers) is printed too.
@@ -172,22 +173,26 @@ def make_experiment(spark, root: Path, survey, n_stamps: int, stamp_size: int, t
 
 
 def plain_loop(manifest_uri: str, cfg, coadd_root: str, n_rows: int, out_dir: Path) -> dict:
-    """The per-brick work in one process, no Spark: read manifest rows, stamp_batches, Parquet."""
+    """The per-brick work in one process, no Spark: read manifest rows, then 4c's task function
+    (``write_stamps``: open the brick, cut, inject, write the stamps with the same Parquet writer)."""
+    import numpy as np
     import pyarrow.dataset as ds
-    import pyarrow.parquet as pq
 
-    from dhs_spark.jobs.phase4c_stamps import OUTPUT_SCHEMA, stamp_batches, stamp_params
+    from dhs_spark.jobs.phase4c_stamps import stamp_params, write_stamps
+    from dhs_spark.jobs.stamp_writer import SplitStampWriter
     from dhs_spark.spark_session import ARROW_MAX_RECORDS_PER_BATCH
 
     table = ds.dataset(manifest_uri.replace("file://", ""), format="parquet").to_table()
-    table = table.sort_by([("brickname", "ascending"), ("task_id", "ascending")]).slice(0, n_rows)
+    table = table.sort_by([("brickname", "ascending"), ("task_id", "ascending")])
+    # Evenly spaced rows keep Spark's mix of bricks (seeing, hence PSF kernel sizes), still sorted by brick.
+    table = table.take(np.linspace(0, table.num_rows - 1, min(n_rows, table.num_rows)).round().astype(np.int64))
     params = stamp_params(cfg, coadd_root)
     stats: dict = {}
+    shutil.rmtree(out_dir / "loop", ignore_errors=True)
+    writer = SplitStampWriter(str(out_dir / "loop" / "stamps"), str(out_dir / "loop" / "_tmp"), "part-00000.parquet", row_group_rows=ARROW_MAX_RECORDS_PER_BATCH)
     t0, c0 = time.perf_counter(), time.process_time()
-    # The write options of 4c's Spark write: zstd level 1, no dictionary encoding.
-    with pq.ParquetWriter(out_dir / "loop.parquet", OUTPUT_SCHEMA, compression="zstd", compression_level=1, use_dictionary=False) as writer:
-        for batch in stamp_batches(table.to_batches(max_chunksize=ARROW_MAX_RECORDS_PER_BATCH), params, stats=stats):
-            writer.write_batch(batch)
+    for _ in write_stamps(table.to_batches(max_chunksize=ARROW_MAX_RECORDS_PER_BATCH), params, writer, stats=stats):
+        pass
     stats["wall_s"] = time.perf_counter() - t0
     stats["cpu_s"] = time.process_time() - c0
     stats["rows"] = table.num_rows

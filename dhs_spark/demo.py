@@ -398,10 +398,10 @@ def pipeline_config(paths: DemoPaths):
 def write_training_view(stamps_dir: Path, out_dir: Path) -> dict[str, int]:
     """One Parquet file per split with ``split`` as a column, rows sorted by task_id.
 
-    The trainer reads Spark's ``split=<value>/`` directories directly, but Spark names its part
-    files with a per-run UUID and orders rows by task scheduling, so the row order (and with it
-    the seeded shuffle) would change when 4c is rerun. This copy puts the stamps in one canonical
-    order, so that a rerun of the demo gives the same numbers.
+    The trainer reads 4c's ``split=<value>/`` directories directly, in the order of their
+    files (one per 4c partition) and rows (brick order within a partition), which follows the
+    partition count. This copy puts the stamps in one canonical order, so that the demo's
+    numbers (through the seeded shuffle) never depend on how 4c was partitioned.
     """
     import pyarrow.compute as pc
     import pyarrow.dataset as ds

@@ -31,6 +31,7 @@ import torch
 
 from dhs_spark.config.seeds import rng_from_seed, stable_hash64
 from dhs_spark.errors import InputDataError
+from dhs_spark.jobs.paths import arrow_filesystem
 from dhs_spark.schema import STAMP_COLUMNS, decode_image_column
 from trainer.preprocess import PreprocessConfig, augment, preprocess
 
@@ -43,22 +44,12 @@ INDEX_COLUMNS = (COL.label, COL.split, COL.ra, COL.dec, COL.theta_e_arcsec, COL.
 TRUTH_COLUMNS = (COL.theta_e_arcsec, COL.arc_snr_sum, COL.psf_fwhm_r_arcsec)
 
 
-def filesystem_and_path(path: str):
-    """``(pyarrow FileSystem, path inside it)`` for a local path or an ``s3://bucket/key`` URI
-    (pyarrow's S3FileSystem; credentials and region from the usual AWS environment)."""
-    import pyarrow.fs as pafs
-
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), str(path)
-
-
 def list_parquet_files(path: str) -> tuple[object, list[str]]:
     """The filesystem and the sorted Parquet files of ``path`` (a file or a directory tree;
     names starting with ``_`` or ``.``, e.g. Spark's ``_SUCCESS``, are skipped)."""
     import pyarrow.fs as pafs
 
-    fs, root = filesystem_and_path(path)
+    fs, root = arrow_filesystem(path)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
         raise InputDataError(f"{path}: no such file or directory")

@@ -41,9 +41,9 @@ def load_lookup(path: str) -> HardNegativeLookup:
     """Read and check a lookup Parquet file or directory (local or s3://)."""
     import pyarrow.dataset as pads
 
-    from trainer.data import filesystem_and_path
+    from dhs_spark.jobs.paths import arrow_filesystem
 
-    fs, inner = filesystem_and_path(str(path))
+    fs, inner = arrow_filesystem(str(path))
     try:
         table = pads.dataset(inner, filesystem=fs, format="parquet").to_table()
     except (OSError, FileNotFoundError, ValueError) as exc:

@@ -61,6 +61,25 @@ def local_path(uri: str) -> Path:
     return Path(unquote(urlparse(uri).path))
 
 
+def arrow_filesystem(uri: str):
+    """``(pyarrow FileSystem, path inside it)`` for a local path, ``file://`` or ``s3://`` URI.
+
+    For code without a JVM (Spark's Python workers, the trainer): pyarrow's S3FileSystem takes
+    credentials and region from the usual AWS environment (an EMR node's instance profile).
+    ``s3a://`` and ``s3n://`` (Hadoop's names for the same buckets) are read as ``s3://``.
+    """
+    import pyarrow.fs as pafs
+
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+    scheme, rest = uri.split("://", 1)
+    if scheme in ("s3a", "s3n"):
+        uri = "s3://" + rest
+    elif scheme not in ("s3", "file"):
+        raise ValueError(f"{uri}: Python-side file access supports local paths, file:// and s3:// (not {scheme}://)")
+    return pafs.FileSystem.from_uri(uri)
+
+
 @dataclass(frozen=True)
 class ExperimentPaths:
     """The directories of one experiment (``root`` = the experiment directory URI)."""
@@ -134,6 +153,11 @@ def rename(spark, src: str, dst: str) -> None:
     fs.mkdirs(dst_path.getParent())
     if not fs.rename(src_path, dst_path):
         raise OSError(f"rename failed: {src} -> {dst}")
+
+
+def mkdirs(spark, uri: str) -> None:
+    fs, path = _fs(spark, uri)
+    fs.mkdirs(path)
 
 
 def write_text(spark, uri: str, text: str) -> None:

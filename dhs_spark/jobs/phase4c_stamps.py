@@ -12,14 +12,18 @@ or :class:`~dhs_spark.errors.InputDataError` that stopped it. Other exceptions a
 the task (Spark retries it, then the job). So manifest rows = stamps + rejects, checked on the
 written data before the stage commits.
 
-Two passes, no cache: pass 1 writes the stamps straight from ``mapInArrow`` (caching the
-image rows to split them into two outputs would cost more disk traffic than the injection);
-pass 2 re-runs only the rows that wrote no stamp, which reject again, deterministically, and
-writes their reject rows.
+Writing: the worker writes its stamps itself (:mod:`dhs_spark.jobs.stamp_writer`: pyarrow, one
+Parquet file per task and split, moved into place when the task's rows are all written) and
+yields Spark only one small row per manifest row (:data:`SUMMARY_COLUMNS`: task id, stamp or
+reject, reason). One pass: Spark writes the rejects from those rows, and the stage counts
+stamps and rejects back from what is on disk before it commits. (Returning the 49 KB image rows
+to the JVM for parquet-mr cost ~0.4-0.6 ms of JVM CPU per stamp; see the writer's docstring.)
 
 Determinism: a row's bytes depend only on the row (its ``task_seed`` drives the COSMOS galaxy
 choice and the arc's Poisson noise), never on the partition or attempt, so 1 or 8 partitions
-and retried tasks write identical stamps.
+and retried tasks write identical stamps. File names follow the partition id
+(``part-00003.parquet``), so the same partition count gives the same files in the same row
+order on every run.
 
 Lens placement: the cutout puts the host on pixel (N//2, N//2) up to a sub-pixel remainder
 (``Cutout.offset_x_pix``, ``offset_y_pix``); the lens centre (and the source, whose manifest
@@ -67,7 +71,9 @@ import pyarrow as pa
 from dhs_spark.config.experiment import PsfWingsConfig
 from dhs_spark.errors import ConfigError, InputDataError, RejectError
 from dhs_spark.jobs import paths as P
+from dhs_spark.jobs.stamp_writer import FILE_COLUMNS, SplitStampWriter, stamp_file_schema
 from dhs_spark.schema import IMAGE_DTYPE, PIPELINE_VERSION, REJECT_COLUMNS, STAMP_COLUMNS, Column, arrow_schema, spark_schema
+from dhs_spark.spark_session import ARROW_MAX_RECORDS_PER_BATCH
 
 log = logging.getLogger("dhs.jobs.4c")
 
@@ -80,10 +86,14 @@ RECORD_COLUMNS: tuple[Column, ...] = (
     Column("reason", pa.string(), "reject reason"),
     Column("detail", pa.string(), "reject detail"),
 )
-# One Arrow schema for the stamps and rejects of a partition; produce() splits them. A reject
-# has no image, so the combined rows let it be null (the written stamps keep it required).
+# One Arrow schema for the stamps and rejects of a partition (stamp_batches); the stamp rows go
+# to the stamp writer, a summary of every row to Spark. A reject has no image, so the combined
+# rows let it be null (the written stamps keep it required).
 OUTPUT_COLUMNS: tuple[Column, ...] = tuple(dataclasses.replace(c, nullable=True) if c.name == "image" else c for c in STAMP_COLUMNS) + RECORD_COLUMNS
 OUTPUT_SCHEMA = arrow_schema(OUTPUT_COLUMNS)
+SUMMARY_COLUMNS: tuple[Column, ...] = tuple(dataclasses.replace(c, nullable=True) if c.name == "reason" else c for c in REJECT_COLUMNS) + (RECORD_COLUMNS[0],)
+"""What a 4c task returns to Spark per manifest row: the reject columns (reason and detail null
+for a stamp) and ``record_kind``."""
 
 
 @dataclass(frozen=True)
@@ -395,6 +405,24 @@ def stamp_batches(batches: Iterable[pa.RecordBatch], params: StampParams, attemp
     stats["psf_requests"] = stats.get("psf_requests", 0) + psf.requests
 
 
+def write_stamps(batches: Iterable[pa.RecordBatch], params: StampParams, writer, attempt_number: int = 0, stats: Optional[dict] = None) -> Iterator[pa.RecordBatch]:
+    """:func:`stamp_batches`, with the stamp rows written by ``writer`` (a
+    :class:`~dhs_spark.jobs.stamp_writer.SplitStampWriter`), committed after the last row;
+    yields one :data:`SUMMARY_COLUMNS` row per input row. Any exception aborts the writer's files."""
+    import pyarrow.compute as pc
+
+    names = [c.name for c in SUMMARY_COLUMNS]
+    try:
+        for out in stamp_batches(batches, params, attempt_number, stats):
+            is_stamp = pc.equal(out.column("record_kind"), "stamp")
+            writer.write(out.filter(is_stamp))
+            yield out.select(names)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
 # -- Spark ---------------------------------------------------------------------------------------
 
 
@@ -447,26 +475,20 @@ def produce(spark, cfg, paths: P.ExperimentPaths, inputs, opts, staging: str) ->
     n_manifest = manifest.count()
     n_parts = opts.partitions or spark.sparkContext.defaultParallelism
 
+    stamps_uri, rejects_uri, tmp_uri = P.join(staging, "stamps"), P.join(staging, "rejects"), P.join(staging, "_tmp")
+    file_schema = stamp_file_schema(spark_schema(FILE_COLUMNS).json())
+
     def run(batches):
-        return stamp_batches(batches, params, TaskContext.get().attemptNumber())
+        task = TaskContext.get()
+        writer = SplitStampWriter(stamps_uri, tmp_uri, f"part-{task.partitionId():05d}.parquet", file_schema, ARROW_MAX_RECORDS_PER_BATCH)
+        return write_stamps(batches, params, writer, task.attemptNumber())
 
-    def stamped(rows):
-        return rows.repartition(n_parts, "brickname").sortWithinPartitions("brickname", "task_id").mapInArrow(run, spark_schema(OUTPUT_COLUMNS))
-
-    # Pass 1 injects every row and writes only the stamps (no cache of the big image rows).
-    # Pass 2 re-runs just the rows that wrote no stamp: being deterministic they reject again,
-    # with the same reason, and the reconciliation below catches any row that does not.
-    stamps_uri, rejects_uri = P.join(staging, "stamps"), P.join(staging, "rejects")
-    stamps = stamped(manifest).filter(F.col("record_kind") == "stamp").select(*[c.name for c in STAMP_COLUMNS])
-    # Dictionary encoding never pays on pixel bytes, and parquet-mr tries it before falling back;
-    # zstd level 1 is pyarrow's default (parquet-mr's is 3): noise-dominated float32 stamps shrink
-    # to ~0.93 of their size at either level, and level 3 costs ~1.7x the compression CPU.
-    writer = stamps.write.option("parquet.enable.dictionary", "false").option("parquet.compression.codec.zstd.level", "1")
-    writer.partitionBy("split").parquet(stamps_uri)
-    written = spark.read.schema(spark_schema(STAMP_COLUMNS)).parquet(stamps_uri).select("task_id")
-    unstamped = manifest.join(written, "task_id", "left_anti")
-    stamped(unstamped).filter(F.col("record_kind") == "reject").select(*[c.name for c in REJECT_COLUMNS]).write.parquet(rejects_uri)
-    counts = _counts(spark, P.join(staging, "stamps"), P.join(staging, "rejects"))
+    # One pass: the workers write the stamps, Spark the rejects from the small summary rows.
+    P.mkdirs(spark, stamps_uri)  # an all-reject run still leaves an (empty) stamps/
+    summary = manifest.repartition(n_parts, "brickname").sortWithinPartitions("brickname", "task_id").mapInArrow(run, spark_schema(SUMMARY_COLUMNS))
+    summary.filter(F.col("record_kind") == "reject").select(*[c.name for c in REJECT_COLUMNS]).write.parquet(rejects_uri)
+    P.delete(spark, tmp_uri)
+    counts = _counts(spark, stamps_uri, rejects_uri)
     if counts["n_stamps"] + counts["n_rejects"] != n_manifest or counts["n_distinct_tasks"] != n_manifest:
         raise RuntimeError(f"4c: manifest rows {n_manifest} != stamps {counts['n_stamps']} + rejects {counts['n_rejects']} (distinct {counts['n_distinct_tasks']})")
     counts.update(n_manifest=n_manifest, manifest_run_id=manifest_marker["run_id"], partitions=n_parts)
