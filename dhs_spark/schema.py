@@ -5,8 +5,8 @@ this module; nothing else defines these columns. Units are in the column names. 
 float32 nanomaggies per pixel, stored as raw little-endian float32 bytes (numpy ``'<f4'``) in
 band-major (C, H, W) order in the binary ``image`` column (and ``invvar``), with ``n_bands``
 and ``stamp_size`` giving the shape (:data:`IMAGE_ENCODING`, also in every image field's
-metadata). A binary value is written by Spark's Parquet writer as one value, where a
-``list<float32>`` went element by element (benchmarks/bench_spark_inject.py). Any reader
+metadata). A binary value is one Parquet value per stamp, where a ``list<float32>`` is
+encoded element by element (benchmarks/bench_spark_inject.py). Any reader
 (pandas, pyarrow, Spark rows) decodes a value with numpy alone::
 
     img = np.frombuffer(row["image"], "<f4").reshape(row["n_bands"], row["stamp_size"], row["stamp_size"])
