@@ -10,7 +10,6 @@ import os
 import sys
 
 ARROW_MAX_RECORDS_PER_BATCH = 256
-MAX_CONCURRENT_OUTPUT_WRITERS = 3  # one per split: train, val, test
 
 
 def stamp_spark_conf(shuffle_partitions: int = 8) -> dict[str, str]:
@@ -22,13 +21,6 @@ def stamp_spark_conf(shuffle_partitions: int = 8) -> dict[str, str]:
         "spark.sql.parquet.compression.codec": "zstd",
         "spark.task.maxFailures": "4",
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
-        # 4c writes partitionBy("split"): by default Spark plans a sort of each task's rows by
-        # split before the write, which copies every image row through the sorter (and buffers
-        # or spills the whole partition). Instead each task keeps one open Parquet writer per
-        # split (three); a fourth split value would fall back to sorting the rest. Same rows
-        # per file, in the brick order of the task.
-        "spark.sql.optimizer.plannedWrite.enabled": "false",
-        "spark.sql.maxConcurrentOutputFileWriters": str(MAX_CONCURRENT_OUTPUT_WRITERS),
     }
 
 

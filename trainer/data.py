@@ -130,7 +130,7 @@ class StampIndex:
                 if c in names:
                     parts.setdefault(c, []).append(table.column(c).to_numpy(zero_copy_only=False))
                 elif c == COL.split and hive_split is not None:
-                    # Spark writes partitionBy("split") as split=<value>/ directories, not a column
+                    # 4c writes split=<value>/ directories (as Spark's partitionBy("split") does), not a column
                     parts.setdefault(c, []).append(np.full(table.num_rows, hive_split, dtype=object))
                 else:
                     parts.setdefault(c, []).append(None)

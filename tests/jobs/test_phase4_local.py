@@ -208,8 +208,22 @@ def test_rerun_replaces_and_resume_skips(spark, survey, sersic):
     stamps = _read(exp / "phase4c_stamps" / "stamps")
     assert len(stamps) == stamps.task_id.nunique() == len(sersic["stamps"]), "exactly one copy of every stamp"
     assert not list((exp / "_staging").iterdir()), "no staging leftovers"
+    assert not (exp / "phase4c_stamps" / "_tmp").exists(), "the workers' temporary files are gone"
+    names = {p.name for p in (exp / "phase4c_stamps" / "stamps").glob("split=*/*") if not p.name.startswith(".")}
+    assert names <= {f"part-{i:05d}.parquet" for i in range(3)} and names, "one file per partition and split, named by partition"
     assert _run(spark, survey, sersic["out"], "4c", "--source-mode", "sersic", "--resume") == 0
     assert json.loads((exp / "phase4c_stamps" / P.COMPLETE_MARKER).read_text())["run_id"] == second["run_id"], "--resume skipped"
+
+
+def test_a_run_where_every_row_rejects_still_reconciles(spark, survey, sersic, tmp_path):
+    """No brick anywhere: every manifest row is a reject, stamps/ exists and is empty, 4c commits."""
+    out = tmp_path / "allrej"
+    shutil.copytree(sersic["exp"] / "phase4a_manifest", out / "t6" / "phase4a_manifest")
+    inputs = [*survey["inputs"][:-1], str(tmp_path / "no_survey")]
+    assert main(["--stage", "4c", "--output", str(out), "--experiment-id", "t6", *COMMON, *inputs, "--source-mode", "sersic"], spark=spark) == 0
+    marker = json.loads((out / "t6" / "phase4c_stamps" / P.COMPLETE_MARKER).read_text())
+    assert marker["n_stamps"] == 0 and marker["n_rejects"] == len(sersic["manifest"]) and set(marker["reject_reasons"]) == {"missing_band"}
+    assert not [p for p in (out / "t6" / "phase4c_stamps" / "stamps").rglob("*") if p.is_file() and not p.name.startswith(".")]
 
 
 @pytest.fixture(scope="module")
