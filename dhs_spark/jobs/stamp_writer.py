@@ -24,6 +24,7 @@ file with identical bytes. The driver deletes ``tmp_uri`` after the job.
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Optional
 
@@ -36,6 +37,7 @@ from dhs_spark.jobs.paths import arrow_filesystem, join
 from dhs_spark.schema import STAMP_COLUMNS, arrow_schema
 
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 1, "use_dictionary": False}
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 SPARK_ROW_METADATA_KEY = "org.apache.spark.sql.parquet.row.metadata"
 FILE_COLUMNS = tuple(c for c in STAMP_COLUMNS if c.name != "split")
 """The stamp columns a file holds (``split`` is the directory)."""
@@ -78,6 +80,9 @@ class SplitStampWriter:
             raise ValueError(f"{split.null_count} stamp rows without a split (the manifest gives every row one)")
         files = pa.RecordBatch.from_arrays([batch.column(f.name) for f in self.schema], schema=self.schema)
         values = split.unique().to_pylist()
+        bad = [v for v in values if not _SPLIT_NAME.fullmatch(v)]
+        if bad:
+            raise ValueError(f"split value(s) {bad} cannot name a split=<value> directory (letters, digits, '_', '-')")
         for value in values:
             rows = files if len(values) == 1 else files.filter(pc.equal(split, value))
             self._pending.setdefault(value, []).append(rows)

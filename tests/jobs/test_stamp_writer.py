@@ -91,12 +91,14 @@ def test_a_consumer_that_stops_early_aborts_the_files(tiny_survey, tmp_path):
     assert not _files(tmp_path)
 
 
-def test_rows_without_a_split_are_refused(tmp_path):
+def test_rows_without_a_usable_split_are_refused(tmp_path):
     schema = stamp_file_schema()
     batch = pa.RecordBatch.from_pylist([{"task_id": "t1", "split": None}], schema=schema.append(pa.field("split", pa.string())))
     writer = SplitStampWriter(str(tmp_path / "s"), str(tmp_path / "t"), "part-00000.parquet")
     with pytest.raises(ValueError, match="without a split"):
         writer.write(batch)
+    with pytest.raises(ValueError, match="cannot name a split"):
+        writer.write(pa.RecordBatch.from_pylist([{"task_id": "t1", "split": "../x"}], schema=batch.schema))
 
 
 def test_s3_commit_moves_the_files_into_place(tiny_survey, tmp_path, moto_endpoint):
