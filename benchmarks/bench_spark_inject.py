@@ -3,6 +3,9 @@
     python benchmarks/bench_spark_inject.py            # 1k and 5k stamps (a few minutes on 2 cores)
     python benchmarks/bench_spark_inject.py --full     # 5k and 50k stamps (the RSS figures of the issue)
 
+Spark's fixed costs (JVM warm-up, Python worker imports, the numba first call: a few seconds)
+dominate below ~20k stamps, so read the rate targets at 50k stamps and above (``--full``).
+
 Both sides run the same task function, ``dhs_spark.jobs.phase4c_stamps.write_stamps`` (open the
 brick, cut, inject a Sersic arc with its Poisson noise, build the Arrow batch, write the stamps
 with ``dhs_spark.jobs.stamp_writer``: pyarrow Parquet, zstd), on the same manifest rows from the
@@ -38,6 +41,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from _polling import PollingThread  # noqa: E402  (benchmarks/, the script's directory)
 
 # EMR assumption (us-east-1 on-demand list prices, 2025): c6i.4xlarge, 16 vCPU, $0.680/h EC2 + $0.170/h EMR.
 EMR_INSTANCE = "c6i.4xlarge"
@@ -81,7 +85,7 @@ def spark_cpu_s(jvm_pid: int) -> dict[int, float]:
     return out
 
 
-class WorkerRSS:
+class WorkerRSS(PollingThread):
     """Peak RSS (VmHWM, MiB) of the pyspark worker processes under the driver's JVM, polled.
 
     Spark reuses its Python workers across stages and tasks, and VmHWM is a process's lifetime
@@ -92,13 +96,12 @@ class WorkerRSS:
     """
 
     def __init__(self, jvm_pid: int, every_s: float = 0.5):
-        self.jvm_pid, self.every_s = jvm_pid, every_s
+        super().__init__(every_s)
+        self.jvm_pid = jvm_pid
         self.peak_mib: dict[int, float] = {}  # lifetime peak per worker
         self.window: dict[int, float] = {}  # peak per worker since the last new_window()
         self.hwm_reset = True  # False when the kernel refused the VmHWM reset (window peaks then include earlier work)
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _workers(self) -> list[int]:
         out = []
@@ -122,17 +125,8 @@ class WorkerRSS:
                 self.peak_mib[pid] = max(self.peak_mib.get(pid, 0.0), hwm)
                 self.window[pid] = max(self.window.get(pid, 0.0), hwm)
 
-    def _run(self):
-        while not self._stop.wait(self.every_s):
-            self.poll()
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
     def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+        super().__exit__(*exc)
         self.poll()
 
     def worker_peak_mib(self) -> float:

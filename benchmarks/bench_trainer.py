@@ -24,12 +24,12 @@ import os
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from _polling import PollingThread
 
 from dhs_spark.config.experiment import ExperimentConfig, ModelConfig, TrainingConfig
 from trainer.data import StampDataset, StampIndex, make_loader
@@ -84,32 +84,20 @@ def loader_rate(dataset: StampDataset, num_workers: int, pin: bool) -> float:
     return n / (time.perf_counter() - t0)
 
 
-class GpuSampler:
+class GpuSampler(PollingThread):
     """GPU utilisation (%) sampled every 0.2 s with nvidia-smi while active."""
 
     def __init__(self):
+        super().__init__(every_s=0.2)
         self.samples: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                out = subprocess.run(
-                    ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", "0"], capture_output=True, text=True, timeout=5
-                )
-                self.samples.append(float(out.stdout.strip().splitlines()[0]))
-            except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
-                return
-            self._stop.wait(0.2)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+    def poll(self) -> bool:
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", "0"], capture_output=True, text=True, timeout=5)
+            self.samples.append(float(out.stdout.strip().splitlines()[0]))
+        except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+            return False
+        return True
 
 
 def main(argv=None) -> int:
