@@ -1,10 +1,11 @@
 """Phase 4c: cut each manifest row's host from its coadd brick, inject the arc, write stamps.
 
 The per-partition work is :func:`stamp_batches`, a pure function from Arrow record batches of
-manifest rows to Arrow record batches of output rows (no Spark import; tests and the benchmark
-run it directly). Spark (:func:`produce`) only repartitions the manifest by brick, sorts each
-partition by (brickname, task_id) so that every brick is opened once per partition, and calls
-it through ``mapInArrow`` with small Arrow batches (``spark_session.ARROW_MAX_RECORDS_PER_BATCH``).
+manifest rows to Arrow record batches of output rows, wrapped by :func:`write_stamps`, which
+writes the stamp rows (no Spark import; tests and the benchmark run both directly). Spark
+(:func:`produce`) only repartitions the manifest by brick, sorts each partition by (brickname,
+task_id) so that every brick is opened once per partition, and calls :func:`write_stamps` through
+``mapInArrow`` with small Arrow batches (``spark_session.ARROW_MAX_RECORDS_PER_BATCH``).
 
 Every manifest row gives exactly one output row: a stamp (STAMP_COLUMNS of ``dhs_spark.schema``)
 or a reject (REJECT_COLUMNS) carrying the reason of the :class:`~dhs_spark.errors.RejectError`
