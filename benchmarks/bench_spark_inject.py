@@ -183,7 +183,7 @@ def plain_loop(manifest_uri: str, cfg, coadd_root: str, n_rows: int, out_dir: Pa
     params = stamp_params(cfg, coadd_root)
     stats: dict = {}
     shutil.rmtree(out_dir / "loop", ignore_errors=True)
-    writer = SplitStampWriter(str(out_dir / "loop" / "stamps"), str(out_dir / "loop" / "_tmp"), "part-00000.parquet", row_group_rows=ARROW_MAX_RECORDS_PER_BATCH)
+    writer = SplitStampWriter(str(out_dir / "loop" / "stamps"), str(out_dir / "loop" / "_tmp"), "part-00000", row_group_rows=ARROW_MAX_RECORDS_PER_BATCH)
     t0, c0 = time.perf_counter(), time.process_time()
     for _ in write_stamps(table.to_batches(max_chunksize=ARROW_MAX_RECORDS_PER_BATCH), params, writer, stats=stats):
         pass

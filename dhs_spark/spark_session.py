@@ -21,6 +21,9 @@ def stamp_spark_conf(shuffle_partitions: int = 8) -> dict[str, str]:
         "spark.sql.parquet.compression.codec": "zstd",
         "spark.task.maxFailures": "4",
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
+        # 4c's workers move their stamp files into place themselves (jobs/stamp_writer.py): a
+        # speculative copy that loses could still move files after the job has returned.
+        "spark.speculation": "false",
     }
 
 

@@ -12,12 +12,13 @@ One experiment directory holds one directory per stage (names from ``DataVariant
     <experiment>/_staging/<stage>.<run id>/               a run in progress
 
 Paths are URIs (``file:///abs/path`` or ``s3://bucket/key``); bare local paths are made
-absolute ``file://`` URIs, so the same code serves local disk and S3. File operations go through
-Hadoop's FileSystem API in the driver's JVM (the one client that speaks both ``file:`` and EMRFS
-``s3:``).
+absolute ``file://`` URIs, so the same code serves local disk and S3. The driver's file
+operations go through Hadoop's FileSystem API in its JVM (``file:`` and EMRFS ``s3:``); code
+without a JVM (4c's Python workers writing stamps, the trainer) uses :func:`arrow_filesystem`,
+pyarrow's clients for local disk and S3 (not HDFS: 4c refuses an ``hdfs://`` output up front).
 
 Idempotence: a stage writes into its staging directory, writes ``_COMPLETE.json`` there last,
-then :func:`commit` swaps it into place. On a local or HDFS file system each rename is atomic,
+then :func:`commit` swaps it into place. On a local file system each rename is atomic,
 so a reader sees the old output, no output, or the new output, never a mix and never two copies.
 On S3 a rename is a copy, so readers (and ``--resume``) trust only a directory holding
 ``_COMPLETE.json`` and check its counts against the data.

@@ -23,7 +23,7 @@ to the JVM for parquet-mr cost ~0.4-0.6 ms of JVM CPU per stamp; see the writer'
 Determinism: a row's bytes depend only on the row (its ``task_seed`` drives the COSMOS galaxy
 choice and the arc's Poisson noise), never on the partition or attempt, so 1 or 8 partitions
 and retried tasks write identical stamps. File names follow the partition id
-(``part-00003.parquet``), so the same partition count gives the same files in the same row
+(``part-00003-c000.parquet``), so the same partition count gives the same files in the same row
 order on every run.
 
 Lens placement: the cutout puts the host on pixel (N//2, N//2) up to a sub-pixel remainder
@@ -477,11 +477,15 @@ def produce(spark, cfg, paths: P.ExperimentPaths, inputs, opts, staging: str) ->
     n_parts = opts.partitions or spark.sparkContext.defaultParallelism
 
     stamps_uri, rejects_uri, tmp_uri = P.join(staging, "stamps"), P.join(staging, "rejects"), P.join(staging, "_tmp")
+    try:  # the workers write through pyarrow: refuse a file system it cannot reach before any task runs
+        P.arrow_filesystem(stamps_uri)
+    except ValueError as exc:
+        raise ConfigError("output_dir", str(exc), cfg.output_dir) from None
     file_schema = stamp_file_schema(spark_schema(FILE_COLUMNS).json())
 
     def run(batches):
         task = TaskContext.get()
-        writer = SplitStampWriter(stamps_uri, tmp_uri, f"part-{task.partitionId():05d}.parquet", file_schema, ARROW_MAX_RECORDS_PER_BATCH)
+        writer = SplitStampWriter(stamps_uri, tmp_uri, f"part-{task.partitionId():05d}", file_schema, ARROW_MAX_RECORDS_PER_BATCH)
         return write_stamps(batches, params, writer, task.attemptNumber())
 
     # One pass: the workers write the stamps, Spark the rejects from the small summary rows.

@@ -210,7 +210,7 @@ def test_rerun_replaces_and_resume_skips(spark, survey, sersic):
     assert not list((exp / "_staging").iterdir()), "no staging leftovers"
     assert not (exp / "phase4c_stamps" / "_tmp").exists(), "the workers' temporary files are gone"
     names = {p.name for p in (exp / "phase4c_stamps" / "stamps").glob("split=*/*") if not p.name.startswith(".")}
-    assert names <= {f"part-{i:05d}.parquet" for i in range(3)} and names, "one file per partition and split, named by partition"
+    assert names <= {f"part-{i:05d}-c000.parquet" for i in range(3)} and names, "one file per partition and split, named by partition"
     assert _run(spark, survey, sersic["out"], "4c", "--source-mode", "sersic", "--resume") == 0
     assert json.loads((exp / "phase4c_stamps" / P.COMPLETE_MARKER).read_text())["run_id"] == second["run_id"], "--resume skipped"
 
