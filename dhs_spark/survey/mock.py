@@ -30,14 +30,19 @@ Files (``out_dir``)::
                                  TYPE, FLUX_G/R/Z/W1 in nanomaggies, FLUX_IVAR_G/R/Z, SHAPE_R,
                                  SERSIC, plus MOCK_ROLE = lrg | neighbour | star)
 
-Same seed -> same bytes (the RICE quantisation dither seed is derived from ``seed``).
+Same seed -> same bytes: the RICE quantisation dither seed is derived from ``seed``, and the
+tiles astropy cannot quantise (the smooth ``invvar`` maps, stored losslessly with gzip) get a
+zero gzip timestamp instead of the wall-clock time.
 """
 
 from __future__ import annotations
 
+import functools
+import gzip
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -159,12 +164,17 @@ def _load_inputs(sweep_path, bricks_paths):
 
 def _write_compressed(path: Path, data: np.ndarray, header, dither_seed: int) -> None:
     from astropy.io import fits
+    from astropy.io.fits.hdu.compressed import _codecs
 
     kwargs = {"compression_type": "RICE_1", "tile_shape": (100, data.shape[1])}
     if data.dtype.kind == "f":
         kwargs.update(quantize_level=16.0, dither_seed=dither_seed)  # lossy like the real coadds, seeded
     hdu = fits.CompImageHDU(data, header=header, **kwargs)
-    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path, overwrite=True)
+    # A tile with no measurable noise (the smooth invvar) cannot be quantised; astropy stores it
+    # with gzip.compress, whose header holds the current time unless mtime=0. Patched, not
+    # post-processed, so an astropy that moves this hook fails here loudly.
+    with mock.patch.object(_codecs, "gzip_compress", functools.partial(gzip.compress, mtime=0)):
+        fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(path, overwrite=True)
 
 
 def build_mock_survey(
