@@ -26,7 +26,7 @@ def cutout_server():
     server.lock = threading.Lock()
     server.plan = []
     server.requests = []
-    server.stall_s = 1.5
+    server.stall_s = 3.0  # past the tests' 1 s client timeout
     server.cutouts = load_real_cutouts()
     server.base_url = f"http://127.0.0.1:{server.server_address[1]}/viewer"
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

@@ -17,7 +17,7 @@ REAL = load_real_cutouts()
 
 
 def _client(server, tmp_path, **kw):
-    opts = dict(cache_dir=tmp_path / "cache", timeout_s=0.5, max_retries=3, backoff_s=0.0, min_interval_s=0.0)
+    opts = dict(cache_dir=tmp_path / "cache", timeout_s=1.0, max_retries=3, backoff_s=0.0, min_interval_s=0.0)
     opts.update(kw)
     return CutoutServiceClient(base_url=server.base_url, **opts)
 
@@ -81,21 +81,21 @@ def test_persistent_failures_become_rejects(cutout_server, tmp_path):
 
 def test_backoff_and_rate_limit(cutout_server, tmp_path):
     sleeps = []
-    http = CachedHttpClient(cutout_server.base_url, None, timeout_s=0.5, max_retries=3, backoff_s=0.25, min_interval_s=0.0, sleep=sleeps.append)
+    http = CachedHttpClient(cutout_server.base_url, None, timeout_s=1.0, max_retries=3, backoff_s=0.25, min_interval_s=0.0, sleep=sleeps.append)
     cutout_server.plan = ["500", "500", "500"]
     real = REAL["3598m030_3212"]
     CutoutServiceClient(http=http).fetch(real["ra"], real["dec"])
     assert sleeps == [0.25, 0.5, 1.0]  # backoff_s * 2**k before retry k+1
     # rate limit: requests start at least min_interval_s apart (the waits are requested of sleep)
     waits = []
-    polite = CachedHttpClient(cutout_server.base_url, None, timeout_s=0.5, min_interval_s=5.0, sleep=waits.append)
+    polite = CachedHttpClient(cutout_server.base_url, None, timeout_s=1.0, min_interval_s=5.0, sleep=waits.append)
     polite.get_bytes("fits-cutout", {"ra": real["ra"], "dec": real["dec"], "size": 11})
     polite.get_bytes("fits-cutout", {"ra": real["ra"], "dec": real["dec"], "size": 13})
     assert len(waits) == 1 and 4.5 < waits[0] <= 5.0
 
 
 def test_http_client_errors_and_pickle(cutout_server, tmp_path):
-    http = CachedHttpClient(cutout_server.base_url, tmp_path, timeout_s=0.5, max_retries=2, backoff_s=0.0, min_interval_s=0.0)
+    http = CachedHttpClient(cutout_server.base_url, tmp_path, timeout_s=1.0, max_retries=2, backoff_s=0.0, min_interval_s=0.0)
     with pytest.raises(HttpRequestError) as exc:
         http.get_bytes("no-such-endpoint", {"a": 1})
     assert exc.value.status == 404 and exc.value.attempts == 1  # 4xx: no retry
