@@ -124,6 +124,45 @@ class InjectionPriors:
 
 
 @dataclass
+class PopulationConfig:
+    """Host-conditioned lens population (``dhs_spark.sims.population``; sources are separate).
+
+    ``mode``: 'host_conditioned' (lens from the host: z_l, sigma from luminosity, z_s, theta_E,
+    shape from the Tractor shape) or 'uniform' (``InjectionPriors`` and ``data.theta_e_range``,
+    for completeness grids). ``cosmology``: an ``astropy.cosmology.realizations`` name. Sources of
+    every default are in the population module's docstrings: HB09 <log10 sigma | M_r> coefficients
+    (Hyde & Bernardi 2009 via Collett 2015), passive fading 2.5 x 0.69 mag per unit z (Treu et al.
+    2006), 0.05 dex scatter (SLACS, Auger et al. 2009, measured), source z lognormal (SLACS/S4TM/
+    BELLS fit), lens q and angle (Koopmans et al. 2006), fallback z_l range (DESI LRG 0.4-1.1).
+    ``theta_e_range_arcsec``: the draw is conditioned on it (``theta_e_tries`` tries per host);
+    4" keeps the arcs (~theta_E from the centre) well inside a 64-px (16.8") stamp, 0.3" is
+    about a pixel. ``host_weighting``: 'cross_section' tilts each host's sigma draw by sigma^4
+    and lets 4a weight hosts by theta_E^2; 'none' draws sigma from the plain relation.
+    """
+
+    mode: Literal["host_conditioned", "uniform"] = "host_conditioned"
+    cosmology: str = "Planck18"
+    hb09_log_sigma_coeffs: tuple[float, float, float] = (-2.97, -0.37, -0.006)
+    luminosity_evolution_mag_per_z: float = 1.725
+    sigma_scatter_dex: float = 0.05
+    z_source_median: float = 0.670
+    z_source_sigma_ln: float = 0.421
+    z_source_min_margin: float = 0.1
+    z_source_max: float = 6.0
+    z_lens_fallback_range: tuple[float, float] = (0.4, 1.1)
+    theta_e_range_arcsec: tuple[float, float] = (0.3, 4.0)
+    theta_e_tries: int = 16
+    lens_q_mass_over_light_mean: float = 0.99
+    lens_q_mass_over_light_sigma: float = 0.11
+    lens_pa_scatter_deg: float = 10.0
+    lens_q_mean: float = 0.78
+    lens_q_sigma: float = 0.12
+    lens_q_min: float = 0.2
+    host_weighting: Literal["none", "cross_section"] = "cross_section"
+    shear_sigma: float = 0.05
+
+
+@dataclass
 class ModelConfig:
     """CNN: 'resnet_small' (CPU tests) or 'resnet18' (GPU). ``width`` = first-stage channels."""
 
@@ -207,6 +246,7 @@ class ExperimentConfig:
     seeds: SeedConfig = field(default_factory=SeedConfig)
     data: DataVariantConfig = field(default_factory=DataVariantConfig)
     priors: InjectionPriors = field(default_factory=InjectionPriors)
+    population: PopulationConfig = field(default_factory=PopulationConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     hard_negatives: HardNegativeConfig = field(default_factory=HardNegativeConfig)
@@ -312,6 +352,28 @@ def validate(cfg: ExperimentConfig, file: str | None = None) -> list[ConfigError
         v = getattr(p, name)
         if isinstance(v, float) and v < 0:
             errors.append(ConfigError(f"priors.{name}", "must be >= 0", v, file))
+    pop = cfg.population
+    if isinstance(pop.cosmology, str):
+        from astropy.cosmology import realizations
+
+        if pop.cosmology not in realizations.available:
+            errors.append(ConfigError("population.cosmology", f"must be one of {', '.join(realizations.available)}", pop.cosmology, file))
+    for name in ("theta_e_range_arcsec", "z_lens_fallback_range"):
+        _range_ok(errors, f"population.{name}", getattr(pop, name), file, positive=True)
+    for name in ("sigma_scatter_dex", "z_source_sigma_ln", "lens_q_mass_over_light_sigma", "lens_pa_scatter_deg", "lens_q_sigma", "shear_sigma", "z_source_min_margin"):
+        v = getattr(pop, name)
+        if isinstance(v, float) and v < 0:
+            errors.append(ConfigError(f"population.{name}", "must be >= 0", v, file))
+    for name in ("z_source_median", "z_source_max", "lens_q_mass_over_light_mean", "lens_q_mean"):
+        v = getattr(pop, name)
+        if isinstance(v, float) and v <= 0:
+            errors.append(ConfigError(f"population.{name}", "must be positive", v, file))
+    if isinstance(pop.lens_q_min, float) and not 0 < pop.lens_q_min <= 1:
+        errors.append(ConfigError("population.lens_q_min", "must lie in (0, 1]", pop.lens_q_min, file))
+    if isinstance(pop.theta_e_tries, int) and pop.theta_e_tries < 1:
+        errors.append(ConfigError("population.theta_e_tries", "must be >= 1", pop.theta_e_tries, file))
+    if isinstance(pop.z_source_max, float) and pop.z_source_max > 8.0:
+        errors.append(ConfigError("population.z_source_max", "must be <= 8 (the distance table's range)", pop.z_source_max, file))
     for name in ("score_threshold", "anchor_min_recovery", "anchor_max_contamination", "anchor_min_auroc", "core_auc_max"):
         _fraction_ok(errors, f"evaluation.{name}", getattr(e, name), file)
     if isinstance(e.fpr_targets, list):
