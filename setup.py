@@ -9,7 +9,7 @@ from setuptools import find_packages, setup
 
 EXTRAS = {
     "spark": ["pyspark>=3.5,<3.6", "pyarrow>=14", "pandas>=1.5,<3"],
-    "sims": ["galsim>=2.5", "h5py>=3.8", "astropy>=5.3", "astropy-healpix>=1.0", "numba>=0.58", "scipy>=1.10"],
+    "sims": ["galsim>=2.5", "h5py>=3.8", "astropy>=5.3", "astropy-healpix>=1.0", "numba>=0.58", "scipy>=1.10", "speclite>=0.16"],
     "train": ["torch>=2.1", "scikit-learn>=1.3", "tqdm>=4.60", "safetensors>=0.4"],
     "aws": ["boto3>=1.28"],
     "report": ["matplotlib>=3.7"],
