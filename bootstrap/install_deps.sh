@@ -16,7 +16,7 @@ PY=/usr/bin/python3.11
 WORK=/tmp/dhs_bootstrap
 # Runtime packages of the spark executors (setup.py extras sims + aws + the Arrow/pandas side
 # of spark), each pinned by constraints.txt.
-PACKAGES="numpy pandas pyarrow scipy astropy astropy-healpix h5py galsim numba pyyaml requests boto3 scikit-learn"
+PACKAGES="numpy pandas pyarrow scipy astropy astropy-healpix h5py galsim numba speclite pyyaml requests boto3 scikit-learn"
 
 mkdir -p "$WORK"
 sudo dnf install -y -q python3.11 python3.11-pip python3.11-devel gcc-c++
@@ -29,4 +29,4 @@ sudo "$PY" -m pip install -q --no-deps "$WORK/dark_halo_scope.zip"
 # numba caches compiled kernels here (spark-env exports NUMBA_CACHE_DIR); it must be writable by YARN.
 sudo mkdir -p /tmp/numba_cache && sudo chmod 1777 /tmp/numba_cache
 # Fail the bootstrap (and the cluster) now rather than in the first Spark task.
-"$PY" -c "import dhs_spark.jobs.phase4c_stamps, numpy, pandas, pyarrow, galsim, h5py, astropy_healpix; print('dhs bootstrap ok', numpy.__version__)"
+"$PY" -c "import dhs_spark.jobs.phase4c_stamps, numpy, pandas, pyarrow, galsim, h5py, astropy_healpix, speclite; print('dhs bootstrap ok', numpy.__version__)"

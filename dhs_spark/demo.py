@@ -602,7 +602,7 @@ def stage_anchors(paths: DemoPaths, prof: DemoProfile, seed: int) -> dict:
     for row in rows:
         brick = bricks.setdefault(row["brickname"], CoaddBrick(params.coadd_root, row["brickname"], BANDS))
         try:
-            out, image, _ = make_stamp(row, brick, params, loader)
+            out, image, _, _ = make_stamp(row, brick, params, loader)
         except RejectError as exc:
             rejects[exc.reason] = rejects.get(exc.reason, 0) + 1
             continue
@@ -674,8 +674,8 @@ def stage_gallery(paths: DemoPaths, prof: DemoProfile, seed: int) -> dict:
     for row in rows:
         brick = CoaddBrick(cosmos.coadd_root, row["brickname"], BANDS)
         host = brick.cutout(row["ra"], row["dec"], s).image.astype(np.float32)
-        out_c, img_c, _ = make_stamp(row, brick, cosmos, loader)
-        out_s, img_s, _ = make_stamp(row, brick, sersic)
+        out_c, img_c, _, _ = make_stamp(row, brick, cosmos, loader)
+        out_s, img_s, _, _ = make_stamp(row, brick, sersic)
         from_pipeline = pipeline_images[row["task_id"]].reshape(3, s, s)
         arrays["host"].append(host)
         arrays["cosmos"].append(from_pipeline)

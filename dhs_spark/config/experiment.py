@@ -86,6 +86,11 @@ class DataVariantConfig:
     pixel_scale_arcsec: float = 0.262
     oversample: int = 4
     add_arc_poisson_noise: bool = True
+    # the arc's shot noise: 'correlated' gives it the coadd's own pixel correlation, estimated from
+    # the cutout's sky pixels (dhs_spark.sims.noise); 'white' independent pixels
+    arc_noise_model: Literal["white", "correlated"] = "correlated"
+    null_injection_fraction: float = 0.05  # fraction of injection rows made with zero source flux (label 0): the null gate's input
+    null_injections_in_training: bool = False  # False: null injections are held out of training (evaluation and the null gate only)
     n_replicates: int = 1
     split_fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.7, "val": 0.15, "test": 0.15})
     healpix_nside: int = 128
@@ -134,10 +139,31 @@ class PopulationConfig:
     (Hyde & Bernardi 2009 via Collett 2015), passive fading 2.5 x 0.69 mag per unit z (Treu et al.
     2006), 0.05 dex scatter (SLACS, Auger et al. 2009, measured), source z lognormal (SLACS/S4TM/
     BELLS fit), lens q and angle (Koopmans et al. 2006), fallback z_l range (DESI LRG 0.4-1.1).
-    ``theta_e_range_arcsec``: the draw is conditioned on it (``theta_e_tries`` tries per host);
-    4" keeps the arcs (~theta_E from the centre) well inside a 64-px (16.8") stamp, 0.3" is
-    about a pixel. ``host_weighting``: 'cross_section' tilts each host's sigma draw by sigma^4
-    and lets 4a weight hosts by theta_E^2; 'none' draws sigma from the plain relation.
+    ``theta_e_range_arcsec``: the draw is conditioned on it (``theta_e_tries`` tries per host;
+    a host none of whose tries lands in it is left out of the manifest, controls included).
+    4" keeps the arcs (~theta_E from the centre) well inside a 64-px (16.8") stamp. The lower
+    bound 1.0" is a selection, not physics: arcs inside a DR10 seeing disc (FWHM 1.0-1.5") sit
+    on the LRG's own light (half-light radii ~1") and are not what DR10 searches find; Collett
+    (2015)'s resolvability theta_E^2 > r_s^2 + (s/2)^2 gives 0.6-0.75" for s = 1.2-1.5", and
+    1.0" puts the median theta_E of the sweep LRGs at ~1.1" (tests/sims/test_population.py),
+    inside the 1.0-1.8" of real candidates. 0.3" (about a pixel) reaches the whole physical range
+    (use it with ``selection: none`` for completeness studies).
+    ``host_weighting``: 'cross_section' tilts each host's sigma draw by sigma^4 (the theta_E^2
+    cross-section given the host's luminosity); 'none' draws sigma from the plain relation.
+
+    Source redshift: lognormal, median ``z_source_median`` 1.8 and width 0.3 in ln z (10-90%:
+    1.2-2.6): lenses found in imaging have sources at z_s ~ 1-3 (SL2S, Sonnenfeld et al. 2013,
+    ApJ 777, 97). The spectroscopic samples (SLACS/S4TM/BELLS: 0.670, 0.421, fitted in
+    ``dhs_spark.sims.population.SPECTROSCOPIC_Z_SOURCE``) favour z_s < 1.5 by their selection.
+
+    Detectability (``selection``, :mod:`dhs_spark.sims.lens_system`): 'detectable' redraws a
+    row's source (up to ``detectable_tries`` times) until its expected arc SNR (the brick's PSF
+    and depth) reaches ``detectable_min_arc_snr`` and its magnification
+    ``detectable_min_magnification`` (Collett 2015, ApJ 811, 20: SNR >= 20 and mu >= 3); 'none'
+    keeps the first draw (the full faint range, for completeness studies). Sources: COSMOS
+    library metadata, or ``parametric_catalog_path`` (a GalSim COSMOS ``*_fits.fits``; None: the
+    bundled 100-galaxy example) for Sersic sources. ``lens_redshift_column``: a parent-sample
+    column holding the lens redshift (spectroscopic or photometric), used before the photo-z.
     """
 
     mode: Literal["host_conditioned", "uniform"] = "host_conditioned"
@@ -145,13 +171,13 @@ class PopulationConfig:
     hb09_log_sigma_coeffs: tuple[float, float, float] = (-2.97, -0.37, -0.006)
     luminosity_evolution_mag_per_z: float = 1.725
     sigma_scatter_dex: float = 0.05
-    z_source_median: float = 0.670
-    z_source_sigma_ln: float = 0.421
+    z_source_median: float = 1.8
+    z_source_sigma_ln: float = 0.3
     z_source_min_margin: float = 0.1
     z_source_max: float = 6.0
     z_lens_fallback_range: tuple[float, float] = (0.4, 1.1)
-    theta_e_range_arcsec: tuple[float, float] = (0.3, 4.0)
-    theta_e_tries: int = 16
+    theta_e_range_arcsec: tuple[float, float] = (1.0, 4.0)
+    theta_e_tries: int = 64
     lens_q_mass_over_light_mean: float = 0.99
     lens_q_mass_over_light_sigma: float = 0.11
     lens_pa_scatter_deg: float = 10.0
@@ -160,6 +186,12 @@ class PopulationConfig:
     lens_q_min: float = 0.2
     host_weighting: Literal["none", "cross_section"] = "cross_section"
     shear_sigma: float = 0.05
+    selection: Literal["detectable", "none"] = "detectable"
+    detectable_min_arc_snr: float = 20.0
+    detectable_min_magnification: float = 3.0
+    detectable_tries: int = 8
+    parametric_catalog_path: Optional[str] = None
+    lens_redshift_column: Optional[str] = None
 
 
 @dataclass
@@ -228,6 +260,13 @@ class EvaluationConfig:
     null_shift_max: float = 0.05  # trainer gates: |score shift| allowed for a null (invisible) injection
     arc_suppressed_shift_max: float = 0.10  # trainer gates: arc-masked positives vs masked controls, mean score
     gate_max_stamps: int = 2000  # trainer gates: stamps drawn per split for the model-level gates
+    # 4d host-only gate: out-of-fold AUC of (stamp - arc) of injections vs controls; 0.5 = no shortcut
+    host_only_auc_max: float = 0.55
+    max_reject_fraction: float = 0.05  # 4d: rejected / manifest rows above which the stage fails
+    # gates judged on an effect (host-only AUC, null shift, arc-suppressed shift, ring excess) fail only
+    # when the effect exceeds its tolerance AND its two-sided Mann-Whitney p-value is below gate_alpha
+    gate_alpha: float = 0.01
+    ring_excess_max: float = 0.10  # trainer gates: ringed-control rate above threshold minus SNR-matched recall
 
 
 @dataclass
@@ -330,6 +369,7 @@ def validate(cfg: ExperimentConfig, file: str | None = None) -> list[ConfigError
         if not d.bands or any(b not in BANDS for b in d.bands) or d.bands != [b for b in BANDS if b in d.bands]:
             errors.append(ConfigError("data.bands", "must be a non-empty subset of g, r, z in that order", d.bands, file))
     _fraction_ok(errors, "data.control_fraction", d.control_fraction, file)
+    _fraction_ok(errors, "data.null_injection_fraction", d.null_injection_fraction, file)
     if isinstance(d.split_fractions, dict):
         for name, frac in d.split_fractions.items():
             _fraction_ok(errors, f"data.split_fractions.{name}", frac, file)
@@ -370,12 +410,29 @@ def validate(cfg: ExperimentConfig, file: str | None = None) -> list[ConfigError
             errors.append(ConfigError(f"population.{name}", "must be positive", v, file))
     if isinstance(pop.lens_q_min, float) and not 0 < pop.lens_q_min <= 1:
         errors.append(ConfigError("population.lens_q_min", "must lie in (0, 1]", pop.lens_q_min, file))
-    if isinstance(pop.theta_e_tries, int) and pop.theta_e_tries < 1:
-        errors.append(ConfigError("population.theta_e_tries", "must be >= 1", pop.theta_e_tries, file))
+    for name in ("theta_e_tries", "detectable_tries"):
+        v = getattr(pop, name)
+        if isinstance(v, int) and v < 1:
+            errors.append(ConfigError(f"population.{name}", "must be >= 1", v, file))
+    for name in ("detectable_min_arc_snr", "detectable_min_magnification"):
+        v = getattr(pop, name)
+        if isinstance(v, float) and v < 0:
+            errors.append(ConfigError(f"population.{name}", "must be >= 0", v, file))
+    if pop.mode == "host_conditioned" and d.source_mode == "cosmos" and d.cosmos_loader_mode == "synthetic":
+        errors.append(ConfigError("population.mode", "'host_conditioned' needs real sources (magnitudes, redshifts): data.cosmos_loader_mode "
+                                  "'synthetic' has none; use population.mode 'uniform'", pop.mode, file))  # fmt: skip
     if isinstance(pop.z_source_max, float) and pop.z_source_max > 8.0:
         errors.append(ConfigError("population.z_source_max", "must be <= 8 (the distance table's range)", pop.z_source_max, file))
-    for name in ("score_threshold", "anchor_min_recovery", "anchor_max_contamination", "anchor_min_auroc", "core_auc_max"):
+    for name in ("score_threshold", "anchor_min_recovery", "anchor_max_contamination", "anchor_min_auroc", "core_auc_max", "host_only_auc_max",
+                 "max_reject_fraction", "ring_excess_max"):
         _fraction_ok(errors, f"evaluation.{name}", getattr(e, name), file)
+    if isinstance(e.host_only_auc_max, float) and e.host_only_auc_max < 0.5:
+        errors.append(ConfigError("evaluation.host_only_auc_max", "must be >= 0.5 (chance)", e.host_only_auc_max, file))
+    if isinstance(e.gate_alpha, float) and not 0.0 < e.gate_alpha < 1.0:
+        errors.append(ConfigError("evaluation.gate_alpha", "must lie in (0, 1)", e.gate_alpha, file))
+    for name in ("null_shift_max", "arc_suppressed_shift_max"):
+        if isinstance(getattr(e, name), float) and getattr(e, name) < 0:
+            errors.append(ConfigError(f"evaluation.{name}", "must be >= 0", getattr(e, name), file))
     if isinstance(e.fpr_targets, list):
         for i, f in enumerate(e.fpr_targets):
             if isinstance(f, float) and not 0 < f < 1:

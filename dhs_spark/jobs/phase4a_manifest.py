@@ -39,6 +39,13 @@ GRID_THETA_E_STEPS = 6
 GRID_R_MAG_STEPS = 4
 CONTROL_CONFIG_ID = "control"
 HOST_COLUMNS = ("brickname", "ra", "dec", "psf_fwhm_g_arcsec", "psf_fwhm_r_arcsec", "psf_fwhm_z_arcsec", "psf_fallback_bands")
+#: Host columns the host-conditioned population reads when the parent sample / bricks table have
+#: them (null otherwise): Tractor fluxes (nanomaggies) and shape, a supplied lens redshift, the
+#: brick's E(B-V) and point-source depths (1/nmgy^2).
+HOST_OPTIONAL_COLUMNS = ("flux_g", "flux_r", "flux_z", "flux_w1", "shape_r_arcsec", "shape_e1", "shape_e2", "z_lens", "ebv",
+                         "psfdepth_g_invvar_nmgy2", "psfdepth_r_invvar_nmgy2", "psfdepth_z_invvar_nmgy2")  # fmt: skip
+#: Manifest columns copied from the host onto every one of its rows.
+HOST_RECORDED = ("ebv",)
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,17 @@ class ManifestParams:
     split_fractions: tuple[tuple[str, float], ...]
     healpix_nside: int
     priors: object  # dhs_spark.config.InjectionPriors
+    population: object = None  # dhs_spark.config.PopulationConfig
+    source_pool: object = None  # dhs_spark.sims.lens_system.SourcePool (host-conditioned mode)
+    null_injection_fraction: float = 0.0
+    stamp_size: int = 64
+    pixscale_arcsec: float = 0.262
+
+    @property
+    def host_conditioned(self) -> bool:
+        """Lenses from the host population: the 'train' and 'debug' tiers with population.mode
+        'host_conditioned' (a completeness grid is uniform by construction)."""
+        return self.tier != "grid" and self.population is not None and self.population.mode == "host_conditioned"
 
 
 def grid_cells(cfg, tier: str) -> tuple[GridCell, ...]:
@@ -81,9 +99,33 @@ def grid_cells(cfg, tier: str) -> tuple[GridCell, ...]:
     return tuple(cells)
 
 
+def source_pool(cfg):
+    """The :class:`~dhs_spark.sims.lens_system.SourcePool` of the config's source mode, each
+    galaxy hashed into one split (read on the driver: library metadata only, no images)."""
+    from dhs_spark.sims import lens_system
+
+    fractions = tuple((str(k), float(v)) for k, v in cfg.data.split_fractions.items())
+    if cfg.data.source_mode == "cosmos":
+        from dhs_spark.sims.cosmos import COSMOSLoaderV2
+
+        if cfg.data.cosmos_loader_mode == "synthetic":
+            raise InputDataError("population.mode 'host_conditioned' needs real COSMOS sources (their magnitudes and redshifts); "
+                                 "data.cosmos_loader_mode 'synthetic' has none: use population.mode 'uniform'")  # fmt: skip
+        meta = COSMOSLoaderV2(cosmos_path=cfg.data.cosmos_library_path, mode=cfg.data.cosmos_loader_mode).metadata_frame()
+        meta = meta[meta["passes_cuts"]]
+        pool = lens_system.cosmos_pool({k: meta[k].to_numpy() for k in meta.columns}, fractions)
+    else:
+        from dhs_spark.sims.source_population import load_parametric_catalog
+
+        pool = lens_system.parametric_pool(load_parametric_catalog(cfg.population.parametric_catalog_path), fractions)
+    pool.check([name for name, frac in fractions if frac > 0])
+    return pool
+
+
 def manifest_params(cfg, tier: str) -> ManifestParams:
     if tier not in ("debug", "grid", "train"):
         raise ValueError(f"tier must be debug, grid or train (got {tier!r})")
+    conditioned = tier != "grid" and cfg.population.mode == "host_conditioned"
     return ManifestParams(
         experiment_id=cfg.experiment_id,
         global_seed=int(cfg.seeds.global_seed),
@@ -95,6 +137,11 @@ def manifest_params(cfg, tier: str) -> ManifestParams:
         split_fractions=tuple((str(k), float(v)) for k, v in cfg.data.split_fractions.items()),
         healpix_nside=int(cfg.data.healpix_nside),
         priors=cfg.priors,
+        population=cfg.population,
+        source_pool=source_pool(cfg) if conditioned else None,
+        null_injection_fraction=float(cfg.data.null_injection_fraction),
+        stamp_size=int(cfg.data.stamp_size),
+        pixscale_arcsec=float(cfg.data.pixel_scale_arcsec),
     )
 
 
@@ -113,10 +160,17 @@ def is_control_host(global_seed: int, brickname: str, ra: float, dec: float, con
     return stable_hash64(int(global_seed), "control-host", str(brickname), float(ra), float(dec)) / 2.0**64 < control_fraction
 
 
+def is_null_injection(seed: int, fraction: float) -> bool:
+    """Whether the injection row of ``seed`` is a null injection (zero source flux)."""
+    return fraction > 0 and stable_hash64("null-injection", int(seed)) / 2.0**64 < fraction
+
+
 def _row(params: ManifestParams, host: dict, cell_id: int, split: str, config_id: str, replicate: int, control: bool) -> dict:
     seed = task_seed(params.global_seed, host["brickname"], host["ra"], host["dec"], config_id, replicate)
+    null = not control and is_null_injection(seed, params.null_injection_fraction)
     row = {c.name: None for c in MANIFEST_COLUMNS}
     row.update({k: host[k] for k in HOST_COLUMNS})
+    row.update({k: host.get(k) for k in HOST_RECORDED})
     row.update(
         task_id=f"{seed:016x}",
         experiment_id=params.experiment_id,
@@ -127,14 +181,65 @@ def _row(params: ManifestParams, host: dict, cell_id: int, split: str, config_id
         replicate=replicate,
         task_seed=seed,
         is_control=control,
-        label=0 if control else 1,
+        is_null_injection=null,
+        label=0 if control or null else 1,
+        population_mode="host_conditioned" if params.host_conditioned else "uniform",
     )
     if control:
         row["theta_e_arcsec"] = 0.0
     return row
 
 
+#: Lens fields of :func:`dhs_spark.sims.population.draw_lenses` written to every injection row;
+#: the host's own (redshift, luminosity, velocity dispersion) go on its controls too.
+_LENS_FIELDS = ("theta_e_arcsec", "lens_q", "lens_phi_rad", "shear_gamma1", "shear_gamma2", "z_source")
+_HOST_LENS_FIELDS = ("z_lens", "z_lens_source", "host_abs_mag_r", "sigma_v_kms")
+
+
+def _host_lenses(hosts, params: ManifestParams) -> list:
+    """One lens per host (a galaxy has one redshift and one velocity dispersion), drawn with a
+    host seed; a dict per host, or None for a host no lens in the population's theta_E range can
+    be drawn for (the host is then left out entirely, controls included, so that injections and
+    controls come from the same hosts)."""
+    import numpy as np
+
+    from dhs_spark.sims.population import draw_lenses
+
+    columns = {c: hosts[c].to_numpy(dtype=float) if c in hosts.columns else np.full(len(hosts), np.nan)
+               for c in ("flux_g", "flux_r", "flux_z", "flux_w1", "z_lens", "shape_e1", "shape_e2")}  # fmt: skip
+    seeds = np.array([task_seed(params.global_seed, b, float(r), float(d), "host-lens", 0)
+                      for b, r, d in zip(hosts["brickname"], hosts["ra"], hosts["dec"])], dtype=np.uint64)  # fmt: skip
+    drawn = draw_lenses(columns, seeds, params.population)
+    drawn["host_abs_mag_r"] = drawn.pop("host_abs_mag")
+    out = []
+    for i in range(len(hosts)):
+        if drawn["reject_reason"][i]:
+            out.append(None)
+            continue
+        lens = {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in drawn.items() if k != "reject_reason"}
+        out.append(lens)
+    return out
+
+
+def _inject_fields(params: ManifestParams, host: dict, lens, split: str, row: dict, gc) -> dict:
+    """The lens and source fields of one injection row."""
+    from dhs_spark.sims.lens_system import draw_system
+    from dhs_spark.sims.priors import sample_injection
+
+    if lens is None:  # uniform priors
+        fields = sample_injection(params.priors, gc.theta_e_range, row["task_seed"])
+        if gc.source_r_mag is not None:
+            fields["source_r_mag"] = gc.source_r_mag
+        return fields
+    fields = {k: lens[k] for k in _LENS_FIELDS}
+    system = draw_system(lens, host, split, row["task_seed"], params.source_pool, params.population, params.priors, params.stamp_size,
+                         params.pixscale_arcsec)  # fmt: skip
+    fields.update({k: v for k, v in system.items() if k in _MANIFEST_NAMES})
+    return fields
+
+
 MANIFEST_ROWS_PER_CHUNK = 4096
+_MANIFEST_NAMES = frozenset(c.name for c in MANIFEST_COLUMNS)
 
 
 def expand_hosts(hosts, params: ManifestParams):
@@ -145,7 +250,6 @@ def expand_hosts(hosts, params: ManifestParams):
     import pandas as pd
 
     from dhs_spark.healpix import healpix_index
-    from dhs_spark.sims.priors import sample_injection
 
     missing = [c for c in HOST_COLUMNS if c not in hosts.columns]
     if missing:
@@ -153,22 +257,27 @@ def expand_hosts(hosts, params: ManifestParams):
     rows = []
     if len(hosts):
         cells = healpix_index(hosts["ra"].to_numpy(), hosts["dec"].to_numpy(), params.healpix_nside)
-        for host, cell in zip(hosts[list(HOST_COLUMNS)].to_dict("records"), cells):
+        lenses = _host_lenses(hosts, params) if params.host_conditioned else [None] * len(hosts)
+        for host, cell, lens in zip(hosts.to_dict("records"), cells, lenses):
+            if params.host_conditioned and lens is None:
+                continue
             host["ra"], host["dec"] = float(host["ra"]), float(host["dec"])
             split = split_of_cell(int(cell), params.healpix_nside, params.split_fractions)
             control_host = is_control_host(params.global_seed, host["brickname"], host["ra"], host["dec"], params.control_fraction)
+            host_fields = {k: lens[k] for k in _HOST_LENS_FIELDS} if lens is not None else {}
             for replicate in range(params.n_replicates):
                 if not (control_host and params.control_type == "unpaired"):
                     for gc in params.cells:
                         row = _row(params, host, int(cell), split, gc.config_id, replicate, False)
-                        row.update(sample_injection(params.priors, gc.theta_e_range, row["task_seed"]))
-                        if gc.source_r_mag is not None:
-                            row["source_r_mag"] = gc.source_r_mag
+                        row.update(host_fields)
+                        row.update(_inject_fields(params, host, lens, split, row, gc))
                         rows.append(row)
                 if control_host:
-                    rows.append(_row(params, host, int(cell), split, CONTROL_CONFIG_ID, replicate, True))
+                    row = _row(params, host, int(cell), split, CONTROL_CONFIG_ID, replicate, True)
+                    row.update(host_fields)
+                    rows.append(row)
     frame = pd.DataFrame(rows, columns=[c.name for c in MANIFEST_COLUMNS])
-    return frame.astype({"replicate": "int32", "label": "int32", "healpix_index": "int64", "task_seed": "int64"})
+    return frame.astype({"replicate": "int32", "label": "int32", "healpix_index": "int64", "task_seed": "int64", "selection_draws": "Int32"})
 
 
 def _read_table(spark, uri: str):
@@ -221,18 +330,34 @@ def host_frame(spark, inputs, cfg, tier: str, debug_hosts: int):
     bricks = load_bricks_table(bricks_local)
     fallback = bricks[[f"psf_fwhm_{b}_fallback" for b in "grz"]].to_numpy()
     bricks["psf_fallback_bands"] = [",".join(b for b, f in zip("grz", flags) if f) for flags in fallback]
-    bricks_df = spark.createDataFrame(bricks[["brickname", "psf_fwhm_g_arcsec", "psf_fwhm_r_arcsec", "psf_fwhm_z_arcsec", "psf_fallback_bands"]])
+    brick_cols = ["brickname", "psf_fwhm_g_arcsec", "psf_fwhm_r_arcsec", "psf_fwhm_z_arcsec", "psf_fallback_bands"]
+    brick_cols += [c for c in ("ebv", "psfdepth_g_invvar_nmgy2", "psfdepth_r_invvar_nmgy2", "psfdepth_z_invvar_nmgy2") if c in bricks.columns]
+    bricks_df = spark.createDataFrame(bricks[brick_cols])
+    # Optional host columns (Tractor sweep names, lower-cased): null when the parent sample lacks them.
+    renames = {"flux_g": "flux_g", "flux_r": "flux_r", "flux_z": "flux_z", "flux_w1": "flux_w1", "shape_r": "shape_r_arcsec",
+               "shape_e1": "shape_e1", "shape_e2": "shape_e2"}  # fmt: skip
+    z_col = cfg.population.lens_redshift_column
+    if z_col:
+        if z_col.lower() not in parent.columns:
+            raise InputDataError(f"{inputs.parent_sample}: population.lens_redshift_column {z_col!r} is not a column (columns: {parent.columns})")
+        renames[z_col.lower()] = "z_lens"
+    optional = [F.col(src).cast("double").alias(dst) if src in parent.columns else F.lit(None).cast("double").alias(dst) for src, dst in renames.items()]
+    if "z_lens" not in renames.values():
+        optional.append(F.lit(None).cast("double").alias("z_lens"))
     hosts = (
-        parent.select(F.trim(F.col("brickname").cast("string")).alias("brickname"), F.col("ra").cast("double"), F.col("dec").cast("double"))
+        parent.select(F.trim(F.col("brickname").cast("string")).alias("brickname"), F.col("ra").cast("double"), F.col("dec").cast("double"), *optional)
         .dropDuplicates(["brickname", "ra", "dec"])
         .join(F.broadcast(bricks_df), "brickname", "left")
     )
+    for col in HOST_OPTIONAL_COLUMNS:
+        if col not in hosts.columns:
+            hosts = hosts.withColumn(col, F.lit(None).cast("double"))
     unknown = hosts.filter(F.col("psf_fwhm_r_arcsec").isNull() & F.col("psf_fallback_bands").isNull()).select("brickname").distinct().limit(5).collect()
     if unknown:
         raise InputDataError(f"{inputs.bricks_table}: no row for bricks {[r.brickname for r in unknown]} of the parent sample")
     if tier == "debug":
         hosts = hosts.orderBy("brickname", "ra", "dec").limit(debug_hosts)
-    return hosts.select(*HOST_COLUMNS)
+    return hosts.select(*HOST_COLUMNS, *HOST_OPTIONAL_COLUMNS)
 
 
 def produce(spark, cfg, paths: P.ExperimentPaths, inputs, opts, staging: str) -> dict:

@@ -131,7 +131,9 @@ class StampParams:
     moffat_beta: Optional[float]
     source_mode: str
     add_poisson: bool
+    arc_noise_model: str = "correlated"
     write_invvar: bool = False
+    write_arc_image: bool = True
     cosmos_library: Optional[str] = None
     cosmos_loader_mode: str = "hdf5"
     psf_kernels_fn: Optional[str] = None
@@ -171,6 +173,7 @@ def stamp_params(
         moffat_beta=d.moffat_beta,
         source_mode=d.source_mode,
         add_poisson=bool(d.add_arc_poisson_noise),
+        arc_noise_model=d.arc_noise_model,
         write_invvar=write_invvar,
         cosmos_library=cosmos_library,
         cosmos_loader_mode=d.cosmos_loader_mode,
@@ -263,6 +266,33 @@ def _cosmos_loader(params: StampParams):
     return COSMOSLoaderV2(cosmos_path=path, mode=params.cosmos_loader_mode)
 
 
+#: Most sub-pixels per axis for a COSMOS source shrunk by ``source_size_scale`` < 1 (its pixels
+#: then undersample the 0.262/8" render grid; the oversampling grows as 1/scale up to this cap).
+COSMOS_MAX_OVERSAMPLE = 12
+
+
+def _cosmos_source(loader, row: dict, oversample: int):
+    """(COSMOS source at the origin, render oversampling, pedestal flux fraction of its raw stamp)
+    for a manifest row: the galaxy 4a chose (``cosmos_ident``; rows of uniform-prior manifests
+    without one draw it from the task seed), its angular size scaled by ``source_size_scale``
+    (moved to the row's source redshift)."""
+    from dhs_spark.sims.cosmos import COSMOSImageSource
+
+    ident = row.get("cosmos_ident")
+    base = loader.source_by_ident(ident) if ident else loader.get_source(row["task_seed"])
+    lib = loader.library()
+    pedestal_col = lib.meta.get("pedestal_flux_fraction")
+    pedestal = float(pedestal_col[lib.row_by_ident[base.ident]]) if pedestal_col is not None else None
+    scale = row.get("source_size_scale")
+    if scale is None or not np.isfinite(scale) or scale == 1.0:
+        return base, oversample, pedestal
+    if scale <= 0:
+        raise InputDataError(f"task {row['task_id']}: source_size_scale must be > 0 (got {scale!r})")
+    scaled = COSMOSImageSource(image=base.image, pixscale_arcsec=base.pixscale_arcsec * scale, ident=base.ident, clumpiness=base.clumpiness,
+                               half_light_radius_arcsec=base.half_light_radius_arcsec * scale)  # fmt: skip
+    return scaled, min(COSMOS_MAX_OVERSAMPLE, max(oversample, int(np.ceil(oversample / scale)))), pedestal
+
+
 def _psf_fwhm(row: dict) -> list[float]:
     fwhm = [row[f"psf_fwhm_{b}_arcsec"] for b in BANDS]
     bad = [b for b, f in zip(BANDS, fwhm) if f is None or not np.isfinite(f) or f <= 0]
@@ -271,23 +301,33 @@ def _psf_fwhm(row: dict) -> list[float]:
     return [float(f) for f in fwhm]
 
 
-def make_stamp(row: dict, brick, params: StampParams, loader=None, psf: Optional[_BrickPsf] = None) -> tuple[dict, np.ndarray, Optional[np.ndarray]]:
-    """One manifest row -> (output columns, image (C, N, N) float32, invvar or None).
+def make_stamp(row: dict, brick, params: StampParams, loader=None, psf: Optional[_BrickPsf] = None) -> tuple[dict, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
+    """One manifest row -> (output columns, image (C, N, N) float32, invvar or None, the added
+    arc (C, N, N) float32 or None for a control).
 
     ``psf``: the partition's :class:`_BrickPsf` (a new one when None, for one-off calls).
 
     Raises RejectError / InputDataError for a stamp that cannot be made.
     """
     from dhs_spark.config.seeds import rng_from_seed, stable_hash64
+    from dhs_spark.sims.detectability import arc_sector_snr
     from dhs_spark.sims.inject import inject_arc
     from dhs_spark.sims.lensing import SIEShear
     from dhs_spark.sims.sersic import SersicSource
 
     cut = brick.cutout(row["ra"], row["dec"], params.stamp_size)
+    # One rule for every row, controls included: a stamp with any no-data pixel is rejected
+    # before anything is injected, so no mask pattern tells injections from controls (the
+    # arc-footprint rule of inject_arc cannot fire after it).
+    no_data = cut.invvar <= 0
+    if no_data.any():
+        bands = [BANDS[b] for b in np.unique(np.nonzero(no_data)[0])]
+        raise RejectError("invvar_nonpositive_in_stamp", f"{int(no_data.sum())} pixels with invvar <= 0, bands {bands}")
     out = {
         "bad_pixel_frac": float(cut.bad_pixel_frac),
         "maskbits_or": int(cut.maskbits_or),
     }
+    arc = None
     if row["is_control"]:
         image = cut.image.astype(np.float32)
         out.update(source_mode="none", arc_snr_sum=0.0, arc_snr_peak=0.0)
@@ -303,7 +343,9 @@ def make_stamp(row: dict, brick, params: StampParams, loader=None, psf: Optional
         lens = SIEShear(row["theta_e_arcsec"], row["lens_q"], row["lens_phi_rad"], row["shear_gamma1"], row["shear_gamma2"], dx, dy)
         sx, sy = row["source_x_arcsec"] + dx, row["source_y_arcsec"] + dy
         if params.source_mode == "cosmos":
-            source = loader.get_source(row["task_seed"]).at(sx, sy, row["source_phi_rad"])
+            source, oversample, pedestal = _cosmos_source(loader, row, oversample)
+            source = source.at(sx, sy, row["source_phi_rad"])
+            out["source_pedestal_flux_fraction"] = pedestal
         else:
             source = SersicSource(sx, sy, row["source_r_eff_arcsec"], row["source_sersic_n"], row["source_q"], row["source_phi_rad"])
         result = inject_arc(
@@ -319,19 +361,24 @@ def make_stamp(row: dict, brick, params: StampParams, loader=None, psf: Optional
             oversample=oversample,
             add_poisson=params.add_poisson,
             rng=rng_from_seed(stable_hash64("arc-poisson", row["task_seed"])),
+            ebv=float(row.get("ebv") or 0.0),
+            noise_model=params.arc_noise_model,
+            source_flux_scale=0.0 if row.get("is_null_injection") else 1.0,
         )
         t = result.truth
-        image = result.stamp
+        image, arc = result.stamp, result.arc
         out.update({k: t[k] for k in ("source_mode", "cosmos_ident", "magnification", "arc_snr_sum", "arc_snr_peak")})
-        out.update(spec.truth_fields(), render_oversample=t["oversample"])
+        out.update(spec.truth_fields(), render_oversample=t["oversample"], noise_model=t["noise_model"])
+        out["arc_visibility_snr"] = arc_sector_snr(result.arc, cut.invvar, row["theta_e_arcsec"], params.pixscale_arcsec)
         for b in BANDS:
             out[f"unlensed_flux_{b}_nmgy"] = t[f"unlensed_flux_{b}_nmgy"]
             out[f"lensed_flux_{b}_nmgy"] = t[f"arc_flux_in_stamp_{b}_nmgy"]  # what the stamp really gained
+            out[f"extinction_{b}_mag"] = t[f"extinction_{b}_mag"]
     nan_count = int((~np.isfinite(image)).sum())
     if nan_count:
         raise RejectError("nan_in_stamp", f"{nan_count} non-finite pixels after injection")
     out["nan_count"] = 0
-    return out, np.ascontiguousarray(image, dtype=np.float32), cut.invvar if params.write_invvar else None
+    return out, np.ascontiguousarray(image, dtype=np.float32), cut.invvar if params.write_invvar else None, arc
 
 
 def _binary_array(arrays: list[Optional[np.ndarray]]) -> pa.Array:
@@ -345,13 +392,12 @@ def _binary_array(arrays: list[Optional[np.ndarray]]) -> pa.Array:
     return pa.Array.from_buffers(pa.binary(), len(arrays), [validity, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
-def _record_batch(rows: list[dict], images: list, invvars: list) -> pa.RecordBatch:
+def _record_batch(rows: list[dict], images: list, invvars: list, arcs: list) -> pa.RecordBatch:
     columns = []
+    binary = {"image": images, "invvar": invvars, "arc_image": arcs}
     for field in OUTPUT_SCHEMA:
-        if field.name == "image":
-            columns.append(_binary_array(images))
-        elif field.name == "invvar":
-            columns.append(_binary_array(invvars))
+        if field.name in binary:
+            columns.append(_binary_array(binary[field.name]))
         else:
             columns.append(pa.array([r.get(field.name) for r in rows], field.type))
     return pa.RecordBatch.from_arrays(columns, schema=OUTPUT_SCHEMA)
@@ -374,20 +420,21 @@ def stamp_batches(batches: Iterable[pa.RecordBatch], params: StampParams, attemp
     for key in ("stamps", "rejects", "io_s", "inject_s"):
         stats.setdefault(key, 0)
     for batch in batches:
-        rows, images, invvars = [], [], []
+        rows, images, invvars, arcs = [], [], [], []
         for row in batch.to_pylist():
             if params.fail_once_task_id and row["task_id"] == params.fail_once_task_id and attempt_number == 0:
                 raise RuntimeError(f"forced first-attempt failure of task {row['task_id']} (DHS_FAIL_ONCE_TASK_ID)")
             out = {c.name: row.get(c.name) for c in STAMP_COLUMNS}
             out.update(n_bands=len(BANDS), stamp_size=params.stamp_size, pipeline_version=PIPELINE_VERSION, stage=STAGE)
-            image = invvar = None
+            image = invvar = arc = None
             try:
                 t0 = time.perf_counter()
                 brick = cache.get(row["brickname"])
                 brick.load()
                 t1 = time.perf_counter()
                 stats["io_s"] += t1 - t0
-                values, image, invvar = make_stamp(row, brick, params, loader, psf)
+                values, image, invvar, arc = make_stamp(row, brick, params, loader, psf)
+                arc = arc if params.write_arc_image else None
                 stats["inject_s"] += time.perf_counter() - t1
                 out.update(values, record_kind="stamp")
                 stats["stamps"] += 1
@@ -395,13 +442,14 @@ def stamp_batches(batches: Iterable[pa.RecordBatch], params: StampParams, attemp
                 reason = getattr(exc, "reason", "input_data")
                 detail = getattr(exc, "detail", None) or str(exc)
                 out.update(record_kind="reject", reason=reason, detail=detail)
-                image = invvar = None
+                image = invvar = arc = None
                 stats["rejects"] += 1
             rows.append(out)
             images.append(image)
             invvars.append(invvar)
+            arcs.append(arc)
         if rows:
-            yield _record_batch(rows, images, invvars)
+            yield _record_batch(rows, images, invvars, arcs)
     stats["bricks_opened"] = stats.get("bricks_opened", 0) + cache.opened
     stats["psf_requests"] = stats.get("psf_requests", 0) + psf.requests
 

@@ -9,8 +9,8 @@ column and the Tractor shape) the chain is
    band that sees rest-frame r, with the cosmology named in the config;
 3. velocity dispersion :func:`velocity_dispersion_kms` from the luminosity (Hyde & Bernardi
    2009 relation, passive-evolution corrected, lognormal scatter);
-4. source redshift :func:`draw_source_redshift` (lognormal fit to spectroscopic lens sources,
-   truncated above z_l + margin);
+4. source redshift :func:`draw_source_redshift` (lognormal, z_s ~ 1-3 as for lenses found in
+   imaging, truncated above z_l + margin);
 5. Einstein radius :func:`einstein_radius_arcsec` of the SIS with that sigma (SIE theta_E in
    lenstronomy's convention, ``dhs_spark.sims.lensing``);
 6. lens axis ratio and angle :func:`lens_shape_from_tractor` from the host light (SLACS
@@ -59,6 +59,13 @@ PHOTO_Z_RANGE = (0.05, 1.2)
 # Hyde & Bernardi 2009 magnitudes): sedpy's filter table (bd-j/sedpy, data/filters/README.md).
 BAND_LAMBDA_NM = np.array([477.1, 639.2, 914.9, 3346.0])
 SDSS_R_LAMBDA_NM = 615.6
+
+# --- source redshift ------------------------------------------------------------------------
+#: (median, sigma of ln z) of the maximum-likelihood lognormal of the 125 spectroscopic source
+#: redshifts of SLACS, S4TM and BELLS (tests/sims/test_population.py refits it). Not the default:
+#: spectroscopic selection favours z_s < 1.5, while lenses found in imaging have z_s ~ 1-3
+#: (Sonnenfeld et al. 2013); the default (PopulationConfig) is median 1.8, width 0.3.
+SPECTROSCOPIC_Z_SOURCE = (0.670, 0.421)
 
 # --- velocity dispersion --------------------------------------------------------------------
 # SIS velocity dispersion = stellar sigma: SLACS lenses have <sigma_SIE / sigma_*> = 1.01 +- 0.02
@@ -258,13 +265,13 @@ def _source_z_from_uniform(u, z_lens, cfg):
 def draw_source_redshift(rng, size, z_lens, cfg):
     """Source redshifts: lognormal, truncated to z_lens + margin < z_s < ``cfg.z_source_max``.
 
-    ln z_s ~ N(ln ``z_source_median``, ``z_source_sigma_ln``) with defaults (0.670, 0.421): the
-    maximum-likelihood lognormal of the 125 spectroscopic source redshifts of SLACS (Bolton et al.
-    2008; Auger et al. 2009), S4TM (Shu et al. 2017) and BELLS (Brownstein et al. 2012) in
-    ../shared/data/lenses/slacs_s4tm_bells.csv (recomputed by the tests). Truncation is exact (by
-    the inverse CDF, no redraw loop): z_s > z_l + ``z_source_min_margin`` so that D_ls is not
-    vanishingly small. Caveat: spectroscopic selection (an emission line in the SDSS/BOSS fibre)
-    favours z_s < 1.5; lenses found in imaging have sources at z_s ~ 1-3 (Sonnenfeld et al. 2013).
+    ln z_s ~ N(ln ``z_source_median``, ``z_source_sigma_ln``). Defaults (1.8, 0.3; 10-90%
+    1.2-2.6): lenses found in imaging have sources at z_s ~ 1-3 (SL2S, Sonnenfeld et al. 2013,
+    ApJ 777, 97). :data:`SPECTROSCOPIC_Z_SOURCE` (0.670, 0.421) is the maximum-likelihood
+    lognormal of the 125 spectroscopic source redshifts of SLACS (Bolton et al. 2008; Auger et al.
+    2009), S4TM (Shu et al. 2017) and BELLS (Brownstein et al. 2012), whose selection (an emission
+    line in the SDSS/BOSS fibre) favours z_s < 1.5. Truncation is exact (by the inverse CDF, no
+    redraw loop): z_s > z_l + ``z_source_min_margin`` so that D_ls is not vanishingly small.
     """
     return _source_z_from_uniform(rng.random(size), np.broadcast_to(np.asarray(z_lens, dtype=float), (size,)), cfg)
 

@@ -7,7 +7,9 @@ What is real and what is made up:
   rows of ``dr10_south_bricks_excerpt_{a,b}.csv`` (DR10 south bricks).
 - LRG fluxes (g, r, z, W1) and Tractor types are real rows of ``dr10_lrg_sweep_excerpt.csv``
   (all pass ``select_lrg`` v3); their positions, sizes (half-light radius 0.6-1.6") and
-  shapes are drawn, since the excerpt has no shape columns and comes from other bricks.
+  shapes are drawn, since the excerpt has no shape columns and comes from other bricks. The
+  catalogue carries the drawn shapes as Tractor does (SHAPE_R, SHAPE_E1, SHAPE_E2:
+  :func:`tractor_ellipticity`).
 - Neighbour galaxies (blue, r-z < 0.28, so they fail every LRG variant) and stars (z-W1 < -0.2,
   TYPE PSF) are drawn from simple distributions.
 - Each brick image is a ``brick_size_pix`` square (default 800 px = 3.5') TAN image at
@@ -27,8 +29,9 @@ Files (``out_dir``)::
     coadd/<bri>/<brick>/legacysurvey-<brick>-maskbits.fits.fz
     survey-bricks-mock.csv       the bricks table, in the format of the shared CSV excerpts
     sweep-mock.parquet, sweep-mock.fits   the sweep-like catalogue (RA, DEC, BRICKNAME, OBJID,
-                                 TYPE, FLUX_G/R/Z/W1 in nanomaggies, FLUX_IVAR_G/R/Z, SHAPE_R,
-                                 SERSIC, plus MOCK_ROLE = lrg | neighbour | star)
+                                 TYPE, FLUX_G/R/Z/W1 in nanomaggies, FLUX_IVAR_G/R/Z, SHAPE_R
+                                 (arcsec), SHAPE_E1, SHAPE_E2, SERSIC, plus MOCK_ROLE = lrg |
+                                 neighbour | star)
 
 Same seed -> same bytes: the RICE quantisation dither seed is derived from ``seed``, and the
 tiles astropy cannot quantise (the smooth ``invvar`` maps, stored losslessly with gzip) get a
@@ -76,6 +79,19 @@ class MockSurvey:
 
     def brick_dir(self, brickname: str) -> Path:
         return Path(coadd_brick_dir(self.root, brickname))
+
+
+def tractor_ellipticity(q: float, phi_rad: float) -> tuple[float, float]:
+    """Tractor ``EllipseE`` components (shape_e1, shape_e2) of an ellipse with axis ratio ``q``
+    whose major axis is at ``phi_rad`` counter-clockwise from +x (this project's convention).
+
+    Tractor: |e| = (1 - q) / (1 + q), e1 = |e| cos 2 theta, e2 = |e| sin 2 theta with theta the
+    position angle East of North. With North = +y and East = -x (+x is West in the coadds'
+    WCS), the direction at theta is (-sin theta, cos theta), i.e. phi = theta + pi/2, so
+    e1 = -|e| cos 2 phi and e2 = -|e| sin 2 phi.
+    """
+    e = (1.0 - q) / (1.0 + q)
+    return float(-e * np.cos(2.0 * phi_rad)), float(-e * np.sin(2.0 * phi_rad))
 
 
 def _sersic_bn(n: float) -> float:
@@ -296,19 +312,21 @@ def build_mock_survey(
 
         ra, dec = wcs.all_pix2world(np.array([o[1] for o in objs]), np.array([o[2] for o in objs]), 0)
         flux_ivar = {b: psf_ivar[k] for k, b in enumerate(BANDS)}
-        for j, (role, x, y, typ, fl, r_e, n, _q, _phi, si) in enumerate(objs):
+        for j, (role, x, y, typ, fl, r_e, n, q, phi, si) in enumerate(objs):
+            e1, e2 = tractor_ellipticity(q, phi) if r_e > 0 else (0.0, 0.0)
             rows.append(
                 {
                     "RA": float(ra[j]), "DEC": float(dec[j]), "BRICKNAME": name, "OBJID": j, "TYPE": typ,
                     "FLUX_G": fl[0], "FLUX_R": fl[1], "FLUX_Z": fl[2], "FLUX_W1": fl[3],
                     "FLUX_IVAR_G": flux_ivar["g"], "FLUX_IVAR_R": flux_ivar["r"], "FLUX_IVAR_Z": flux_ivar["z"],
-                    "SHAPE_R": r_e, "SERSIC": n, "MOCK_ROLE": role, "MOCK_X_PIX": float(x), "MOCK_Y_PIX": float(y),
+                    "SHAPE_R": r_e, "SHAPE_E1": e1, "SHAPE_E2": e2, "SERSIC": n,
+                    "MOCK_ROLE": role, "MOCK_X_PIX": float(x), "MOCK_Y_PIX": float(y),
                     "MOCK_SWEEP_ROW": si, "MOCK_BRICK_INDEX": bi,
                 }
             )  # fmt: skip
 
     cat = pd.DataFrame(rows)
-    for col in ("FLUX_G", "FLUX_R", "FLUX_Z", "FLUX_W1", "FLUX_IVAR_G", "FLUX_IVAR_R", "FLUX_IVAR_Z", "SHAPE_R", "SERSIC"):
+    for col in ("FLUX_G", "FLUX_R", "FLUX_Z", "FLUX_W1", "FLUX_IVAR_G", "FLUX_IVAR_R", "FLUX_IVAR_Z", "SHAPE_R", "SHAPE_E1", "SHAPE_E2", "SERSIC"):
         cat[col] = cat[col].astype(np.float32)  # sweep fluxes are float32
     wrong = cat["BRICKNAME"].to_numpy() != brickname_for(cat["RA"].to_numpy(), cat["DEC"].to_numpy())
     if wrong.any():  # cannot happen for brick_size_pix << 0.25 deg; guards a changed geometry

@@ -24,6 +24,7 @@ def tiny_survey(tmp_path_factory):
         hosts[f"psf_fwhm_{b}_arcsec"] = bricks.loc[hosts.brickname, f"psf_fwhm_{b}_arcsec"].to_numpy()
     hosts["psf_fallback_bands"] = ""
     cfg = ExperimentConfig(output_dir="/x", experiment_id="e")
+    cfg.population.mode = "uniform"  # the 4c mechanics on every host (the population is tested in test_pipeline_units)
     cfg.data.control_fraction = 0.3
     manifest = expand_hosts(hosts.reset_index(drop=True), manifest_params(cfg, "train")).sort_values(["brickname", "task_id"])
     params = StampParams("e", str(mock.root), 32, 0.262, 4, "gaussian", None, "parametric", True)

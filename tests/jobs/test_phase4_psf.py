@@ -171,7 +171,7 @@ def test_spark_stamps_equal_in_process_renders_with_the_same_psfs(run, survey, s
     for brick, params in ((b[0], hooked), (b[MALFORMED], gauss), (b[NO_Z], gauss)):
         row = s[(s.brickname == brick) & ~s.is_control].iloc[0]
         manifest_row = {**m.loc[row.task_id].to_dict(), "task_id": row.task_id}
-        values, image, _ = make_stamp(manifest_row, CoaddBrick(survey.root, brick), params)
+        values, image, _, _ = make_stamp(manifest_row, CoaddBrick(survey.root, brick), params)
         assert image.tobytes() == decode_image(row.image, 3, STAMP).tobytes(), brick
         assert values["magnification"] == row.magnification
     # the fallback is logged (a fresh provider, as in a new partition): never silent
@@ -218,7 +218,7 @@ def test_cosmos_sources_render_with_at_least_cosmos_oversample(run, survey, serv
     out = {}
     for oversample in (2, COSMOS_OVERSAMPLE, 12):
         params = _cfg_params(survey, server, tmp_path, psf_model="gaussian", source_mode="cosmos", cosmos_loader_mode="synthetic", oversample=oversample)
-        values, image, _ = make_stamp(row, brick, params, _cosmos_loader(params))
+        values, image, _, _ = make_stamp(row, brick, params, _cosmos_loader(params))
         out[oversample] = (values["render_oversample"], image)
     assert out[2][0] == out[COSMOS_OVERSAMPLE][0] == COSMOS_OVERSAMPLE and out[12][0] == 12
     assert out[2][1].tobytes() == out[COSMOS_OVERSAMPLE][1].tobytes()

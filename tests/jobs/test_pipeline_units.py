@@ -74,6 +74,7 @@ def _hosts(n=300, seed=1):
 
 def test_manifest_rows_are_per_task_deterministic_and_disjoint_controls():
     cfg = ExperimentConfig(output_dir="/x", experiment_id="e")
+    cfg.population.mode = "uniform"  # row mechanics on hosts without photometry
     cfg.data.n_replicates = 2
     params = manifest_params(cfg, "train")
     hosts = _hosts()
@@ -89,12 +90,66 @@ def test_manifest_rows_are_per_task_deterministic_and_disjoint_controls():
     assert abs(frac - cfg.data.control_fraction) < 0.1
     inj = full[~full.is_control]
     lo, hi = cfg.data.theta_e_range
-    assert inj.theta_e_arcsec.between(lo, hi).all() and inj.source_r_mag.between(23, 26).all() and (inj.label == 1).all()
+    assert inj.theta_e_arcsec.between(lo, hi).all() and inj.source_r_mag.between(23, 26).all()
+    assert (inj.label == (~inj.is_null_injection).astype(int)).all() and 0 < inj.is_null_injection.mean() < 0.15, "5% null injections, label 0"
     assert (full[full.is_control].theta_e_arcsec == 0).all() and (full[full.is_control].label == 0).all()
     assert full.groupby("ra").split.nunique().max() == 1
     cfg.data.control_type = "paired"
     paired = expand_hosts(hosts, manifest_params(cfg, "train"))
     assert paired.groupby("ra").is_control.nunique().max() == 2, "paired: control hosts keep their injections"
+
+
+def _sweep_hosts(n=400):
+    """Real DR10 LRG sweep rows (photometry) as 4a hosts on one real brick's PSF and depth."""
+    from dhs_spark.survey.bricks import load_bricks_table
+    from dhs_spark.survey.mock import DEFAULT_BRICKS_PATHS, DEFAULT_SWEEP_PATH
+
+    sweep = pd.read_csv(DEFAULT_SWEEP_PATH)
+    sweep = sweep[sweep.is_lrg_v3].head(n)
+    brick = load_bricks_table(DEFAULT_BRICKS_PATHS[0]).iloc[0]
+    hosts = pd.DataFrame({"brickname": sweep.BRICKNAME.astype(str).to_numpy(), "ra": sweep.RA.to_numpy(), "dec": sweep.DEC.to_numpy(),
+                          "psf_fallback_bands": ""})  # fmt: skip
+    for b in "grz":
+        hosts[f"flux_{b}"] = sweep[f"FLUX_{b.upper()}"].to_numpy()
+        hosts[f"psf_fwhm_{b}_arcsec"] = brick[f"psf_fwhm_{b}_arcsec"]
+        hosts[f"psfdepth_{b}_invvar_nmgy2"] = brick[f"psfdepth_{b}_invvar_nmgy2"]
+    hosts["flux_w1"] = sweep.FLUX_W1.to_numpy()
+    hosts["ebv"] = brick["ebv"]
+    for col in ("shape_r_arcsec", "shape_e1", "shape_e2", "z_lens"):
+        hosts[col] = np.nan
+    return hosts
+
+
+def test_host_conditioned_manifest_is_physical_symmetric_and_split_honest():
+    cfg = ExperimentConfig(output_dir="/x", experiment_id="e")
+    cfg.data.null_injection_fraction = 0.2
+    params = manifest_params(cfg, "train")
+    hosts = _sweep_hosts()
+    m = expand_hosts(hosts, params)
+    assert m.task_id.is_unique and (m.population_mode == "host_conditioned").all()
+    assert m.equals(expand_hosts(hosts, params)), "same hosts, same rows"
+    inj = m[~m.is_control]
+    # a host is kept or dropped whole: injections and controls come from the same host population
+    kept = m.groupby(["brickname", "ra", "dec"]).size()
+    assert 0.1 * len(hosts) < len(kept) < 0.7 * len(hosts)
+    assert m.z_lens.notna().all() and m.sigma_v_kms.notna().all(), "host properties on controls too"
+    assert (inj.theta_e_arcsec >= 1.0).all() and (inj.theta_e_arcsec <= 4.0).all()
+    assert np.allclose(inj.z_source > inj.z_lens + 0.1, True)
+    # theta_E from sigma and the redshifts (SIS, Planck18) on every row
+    from dhs_spark.sims.population import einstein_radius_arcsec
+
+    assert np.allclose(einstein_radius_arcsec(inj.sigma_v_kms, inj.z_lens, inj.z_source), inj.theta_e_arcsec, rtol=1e-9)
+    # parametric sources from the row's own split, moved to z_source; colours blue as star-forming sources
+    from dhs_spark.sims.lens_system import galaxy_split
+
+    assert all(galaxy_split(i, params.split_fractions) == s for i, s in zip(inj.source_catalog_ident, inj.split))
+    assert (inj.source_z_catalog.notna()).all() and np.median(inj.source_color_g_r) < 0.8
+    # detectability: most rows pass; the expected SNR of those that pass is >= 20
+    assert inj.detectable.mean() > 0.7 and (inj.loc[inj.detectable.astype(bool), "arc_snr_expected"] >= 20).all()
+    # null injections: label 0, not controls, about the configured fraction
+    nulls = m[m.is_null_injection]
+    assert (nulls.label == 0).all() and not nulls.is_control.any() and 0.1 < len(nulls) / len(inj) < 0.3
+    assert (m[m.label == 1].is_null_injection == False).all()  # noqa: E712
 
 
 def test_splits_hash_the_healpix_cell():
