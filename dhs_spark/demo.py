@@ -81,6 +81,9 @@ class DemoProfile:
     n_stars_per_brick: int
     healpix_nside: int
     epochs: int
+    # source configurations per host: the host-conditioned population keeps the ~25% of LRGs
+    # that can hold a theta_E >= 1" lens, so each kept host carries several sources
+    n_replicates: int = 4
     stamp_size: int = 64
     batch_size: int = 32
     model_width: int = 16
@@ -344,7 +347,8 @@ def spark_command(paths: DemoPaths, prof: DemoProfile, seed: int) -> list[str]:
         str(PIPELINE_SCRIPT), "--stage", "all", "--source-mode", "cosmos", "--cosmos-library", str(paths.cosmos_train),
         "--parent-sample", str(mock / "sweep-mock.parquet"), "--select-lrg", "--bricks-table", str(mock / "survey-bricks-mock.csv"),
         "--coadd-root", str(mock), "--output", str(paths.pipeline), "--experiment-id", EXPERIMENT_ID, "--seed", str(seed),
-        "--set", f"data.stamp_size={prof.stamp_size}", "--set", f"data.healpix_nside={prof.healpix_nside}", "--log-level", "INFO",
+        "--set", f"data.stamp_size={prof.stamp_size}", "--set", f"data.healpix_nside={prof.healpix_nside}",
+        "--set", f"data.n_replicates={prof.n_replicates}", "--log-level", "INFO",
     ]  # fmt: skip
 
 
