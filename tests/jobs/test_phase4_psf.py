@@ -54,7 +54,7 @@ def _flags(survey, server, cache_dir):
         "--psf-model", "pixel", "--coadd-psf-url", server.base_url, "--log-level", "WARNING",
         "--set", f"data.stamp_size={STAMP}", "--set", "data.add_arc_poisson_noise=false", "--set", "data.control_fraction=0.3",
         "--set", f"data.coadd_psf_max_retries={RETRIES}", "--set", "data.coadd_psf_backoff_s=0", "--set", "data.coadd_psf_timeout_s=10",
-        "--set", f"data.psf_cache_dir={cache_dir}",
+        "--set", f"data.psf_cache_dir={cache_dir}", "--set", "population.mode=uniform",  # every mock host: the PSF mechanics
         "--parent-sample", str(survey.catalog_parquet), "--select-lrg", "--bricks-table", str(survey.bricks_table), "--coadd-root", str(survey.root),
     ]  # fmt: skip
 
@@ -127,7 +127,7 @@ def test_good_bricks_carry_the_coadd_psf_and_bad_ones_the_flagged_fallback(run, 
 def test_injected_flux_matches_truth_and_is_conserved(run, survey):
     """stamp - cutout sums to the recorded arc flux; with the wings inside the 47-px kernel that is
     magnification x unlensed flux up to the PSF light falling outside the 48-px stamp."""
-    inj = run["stamps"][~run["stamps"].is_control]
+    inj = run["stamps"][~run["stamps"].is_control & ~run["stamps"].is_null_injection]  # null injections add nothing
     bricks = {}
     for row in inj.itertuples():
         brick = bricks.setdefault(row.brickname, CoaddBrick(survey.root, row.brickname))
@@ -137,7 +137,8 @@ def test_injected_flux_matches_truth_and_is_conserved(run, survey):
         truth = np.array([row.lensed_flux_g_nmgy, row.lensed_flux_r_nmgy, row.lensed_flux_z_nmgy])
         # float32 rounding of host + arc per pixel: << 1e-3 nmgy over the stamp
         np.testing.assert_allclose(added, truth, rtol=1e-4, atol=1e-3, err_msg=f"{row.task_id}: stamp - cutout vs truth")
-        total = row.magnification * np.array([row.unlensed_flux_g_nmgy, row.unlensed_flux_r_nmgy, row.unlensed_flux_z_nmgy])
+        transmission = 10 ** (-0.4 * np.array([row.extinction_g_mag, row.extinction_r_mag, row.extinction_z_mag]))  # the brick's E(B-V)
+        total = row.magnification * np.array([row.unlensed_flux_g_nmgy, row.unlensed_flux_r_nmgy, row.unlensed_flux_z_nmgy]) * transmission
         np.testing.assert_allclose(added, total, rtol=0.01, err_msg=f"{row.task_id} ({row.psf_model}): arc flux vs magnification x unlensed")
 
 
