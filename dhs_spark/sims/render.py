@@ -28,6 +28,9 @@ Two paths, which agree to relative L1 < 1e-3 (tested):
 
 The PSF is applied per band to the unit image (Gaussian: two 1-D passes, as banded BLAS products
 on stamp-sized images; Moffat and pixel PSFs: 2-D direct or FFT), then scaled by the band flux.
+The unit image already holds the pixel box (it is the mean over each pixel's sub-pixels), so the
+kernels carry the optical PSF only (:func:`band_psf_kernels`; the reasoning and its accuracy are
+in :mod:`dhs_spark.sims.psf`): the box is applied exactly once.
 
 numba caches compiled kernels on disk. Spark executors need a writable cache directory: if
 ``NUMBA_CACHE_DIR`` is unset when this module is imported, it is set to
@@ -44,7 +47,15 @@ from typing import Optional, Sequence
 import numpy as np
 
 from dhs_spark.sims.lensing import LensLike, as_lens, ray_trace
-from dhs_spark.sims.psf import check_kernel, convolve_same, convolve_separable_same, gaussian_kernel_1d_cached, psf_kernel
+from dhs_spark.sims.psf import (
+    check_kernel,
+    convolve_same,
+    convolve_same_many,
+    convolve_separable_same,
+    gaussian_kernel_1d_cached,
+    moffat_kernel_cached,
+    remove_pixel_response_cached,
+)
 from dhs_spark.sims.sersic import SersicSource, as_source
 
 if "NUMBA_CACHE_DIR" not in os.environ:
@@ -402,33 +413,46 @@ def band_psf_kernels(
 ) -> Optional[list]:
     """Per-band PSF as a list of ('1d', kernel) for separable Gaussians or ('2d', kernel); None = no PSF.
 
-    ``psf_model='pixel'`` takes ``psf_kernels`` (one odd-size 2-D kernel per band, already on the
-    stamp pixel grid); otherwise kernels come from ``psf_fwhm_arcsec`` (one FWHM per band).
+    The kernels apply the optical PSF only, because the unit image is already averaged over each
+    pixel (the pixel box is applied once; :mod:`dhs_spark.sims.psf`): 'gaussian' and 'moffat'
+    kernels from ``psf_fwhm_arcsec`` (one FWHM per band) are sampled at pixel centres;
+    ``psf_model='pixel'`` takes ``psf_kernels``, one odd-size 2-D *effective* PSF image per band
+    on the stamp pixel grid (a PsfEx model or the coadd PSF, which include the pixel response),
+    and removes the pixel response from each (:func:`~dhs_spark.sims.psf.remove_pixel_response`;
+    an undersampled image, FWHM below ~2 pixels, is used as it is).
     """
     if psf_model not in PSF_MODELS:
         raise ValueError(f"psf_model must be one of {PSF_MODELS} (got {psf_model!r})")
     if psf_model == "pixel" or psf_kernels is not None:
         if psf_kernels is None or len(psf_kernels) != n_bands:
             raise ValueError(f"psf_model='pixel' needs psf_kernels with one kernel per band ({n_bands})")
-        return [("2d", check_kernel(k, f"psf_kernels[{b}]")) for b, k in enumerate(psf_kernels)]
+        return [("2d", remove_pixel_response_cached(check_kernel(k, f"psf_kernels[{b}]"))) for b, k in enumerate(psf_kernels)]
     if psf_fwhm_arcsec is None:
         return None
     if len(psf_fwhm_arcsec) != n_bands:
         raise ValueError(f"psf_fwhm needs one FWHM per band ({n_bands}), got {len(psf_fwhm_arcsec)}")
     if psf_model == "gaussian":
-        return [("1d", gaussian_kernel_1d_cached(float(f), float(pixscale_arcsec))) for f in psf_fwhm_arcsec]
-    return [("2d", psf_kernel("moffat", float(f), pixscale_arcsec, beta=moffat_beta)) for f in psf_fwhm_arcsec]
+        return [("1d", gaussian_kernel_1d_cached(float(f), float(pixscale_arcsec), None, False)) for f in psf_fwhm_arcsec]
+    if moffat_beta is None:
+        raise ValueError("psf_model='moffat' needs moffat_beta (> 1)")
+    return [("2d", moffat_kernel_cached(float(f), float(moffat_beta), float(pixscale_arcsec), None, False)) for f in psf_fwhm_arcsec]
 
 
 def apply_bands(unit_image: np.ndarray, flux_nmgy_per_band: Sequence[float], kernels: Optional[list]) -> np.ndarray:
     """flux_b x unit_image, PSF-convolved per band (kernels from :func:`band_psf_kernels`); float32 (C, H, W).
 
-    Each band convolves the unit image once and scales by its flux (convolution is linear).
+    Each band convolves the unit image once and scales by its flux (convolution is linear); 2-D
+    kernels share one FFT of the unit image (:func:`~dhs_spark.sims.psf.convolve_same_many`).
     """
     flux = np.asarray(flux_nmgy_per_band, dtype=np.float64).reshape(-1)
     if not np.all(np.isfinite(flux)):
         raise ValueError(f"band fluxes must be finite (got {flux.tolist()})")
     out = np.empty((flux.size,) + unit_image.shape, dtype=np.float32)
+    if kernels is not None and all(kind == "2d" for kind, _ in kernels):
+        # 2-D kernels (Moffat, pixel PSFs): one FFT of the unit image for all bands
+        images = convolve_same_many(unit_image, [k for _, k in kernels])
+        np.multiply(images, flux[:, None, None], out=out, casting="same_kind")
+        return out
     for b, f in enumerate(flux):
         img = unit_image
         if kernels is not None:
@@ -449,8 +473,9 @@ def render_lensed_source(
 ) -> np.ndarray:
     """Lensed image of any source-protocol object, float32 (C, size, size), nanomaggies per pixel.
 
-    Exact path (full float64 sub-grid); ``psf_kernels``: None or one odd 2-D kernel per band on the
-    stamp pixel grid, convolved centre-preserving (:func:`dhs_spark.sims.psf.convolve_same`).
+    Exact path (full float64 sub-grid); ``psf_kernels``: None or one odd 2-D effective PSF image
+    per band on the stamp pixel grid (the pixel response is taken out, :func:`band_psf_kernels`),
+    convolved centre-preserving (:func:`dhs_spark.sims.psf.convolve_same`).
     """
     unit = unit_lensed_image_exact(size, pixscale_arcsec, oversample, lens, as_source(source))
     n_bands = len(flux_nmgy_per_band)
