@@ -8,10 +8,12 @@ Three pieces:
   ray-traced and the source's surface brightness is interpolated at the traced positions, at
   the source's native 0.03" resolution. Never resample a source to the survey's 0.262" before
   lensing: lensing magnifies the small scales (see ``tests/sims/test_cosmos_lensing.py``).
-- :class:`COSMOSLoaderV2`: picks a galaxy deterministically from a 64-bit seed out of an HDF5
-  library built by :mod:`dhs_spark.sims.cosmos_build` (``mode='hdf5'``), a GalSim catalogue drawn
+- :class:`COSMOSLoaderV2`: picks a galaxy deterministically from a 64-bit seed (or by ident) out
+  of an HDF5 library built by :mod:`dhs_spark.sims.cosmos_build` (``mode='hdf5'``, memory-mapped
+  once per Python worker, each galaxy's source built once per worker), a GalSim catalogue drawn
   on the fly (``mode='galsim'``) or clumpy synthetic galaxies (``mode='synthetic'``, only when
-  asked for, and logged). Cuts on half-light radius and SNR; train/test split by galaxy ident.
+  asked for, and logged). Cuts on half-light radius and SNR; train/test split by galaxy ident;
+  :meth:`COSMOSLoaderV2.metadata_frame` gives the library's columns and split without images.
 - :func:`resample_to_pixscale`: flux-conserving rebinning, for display and non-lensed use only.
 
 Conventions (DESIGN.md §2): angles in arcsec, x along numpy axis 1 (to the right), y along
@@ -29,6 +31,7 @@ image-plane grid, which the renderer's oversampling controls (:data:`COSMOS_OVER
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import math
@@ -670,12 +673,20 @@ def resample_to_pixscale(image: np.ndarray, pixscale_arcsec: float, target_pixsc
 # --------------------------------------------------------------------------------------------
 # The loader.
 
-#: Per-process cache of open HDF5 libraries, keyed by (absolute path, pid): one open file and
-#: one metadata read per Python worker, shared by all the tasks (and loader copies) it runs.
+#: Per-process cache of open libraries, keyed by (mode, path, options, pid): one metadata read and
+#: one memory map (or in-memory array) per Python worker, shared by all the tasks (and loader
+#: copies) it runs.
 _LIBRARY_CACHE: dict = {}
 _LIBRARY_LOCK = threading.Lock()
 
-#: Metadata columns of an HDF5 library (one value per galaxy); see cosmos_build.
+#: HDF5 library format this code reads and :mod:`dhs_spark.sims.cosmos_build` writes (file
+#: attribute ``library_format_version``). 1 (no attribute; builder ``cosmos-build-2``): stamps
+#: not cleaned of the sky pedestal, gzip-chunked images. 2: cleaned stamps (pedestal removed,
+#: neighbours and sky zeroed), the pedestal columns, contiguous uncompressed images (memory-mapped).
+LIBRARY_FORMAT_VERSION = 2
+
+#: Metadata columns of an HDF5 library (one value per galaxy); see cosmos_build for their
+#: definitions (``flux`` and the pedestal in catalogue image units, the fractions of the raw HST stamp's sum).
 LIBRARY_COLUMNS = (
     "ident",
     "mag",
@@ -688,24 +699,112 @@ LIBRARY_COLUMNS = (
     "snr",
     "psf_fwhm_arcsec",
     "pixel_scale_arcsec",
+    "pedestal_per_pixel",
+    "pedestal_sigma_per_pixel",
+    "pedestal_flux_fraction",
+    "masked_flux_fraction",
 )
+
+#: Bytes of built sources (:class:`COSMOSImageSource`: float64 image, padded surface brightness,
+#: float32 cell corners; ~0.5 MB for a 128 x 128 stamp, less once cropped) each Python worker
+#: keeps per library, least recently used first out: a library of <= ~500 galaxies is built once
+#: per worker, a larger one pays the build (~0.1-0.3 ms) on a miss.
+SOURCE_CACHE_BYTES = 256 * 2**20
 
 _MODES = ("hdf5", "galsim", "synthetic")
 _SPLITS = (None, "train", "test")
 
 
-class _Library:
-    """Images and metadata of one library, held by one process."""
+def _crop_zero_margins(image: np.ndarray) -> np.ndarray:
+    """The centred crop of ``image`` that drops all-zero margins symmetrically (same count each side).
 
-    def __init__(self, path: str, images, meta: dict, pixscale_arcsec: float, handle=None):
+    The stamp's origin (its true centre) stays the crop's true centre, and the bilinear surface
+    brightness (zero-padded) is the same function: only zero pixels are dropped. Cleaned stamps
+    are zero outside the galaxy's footprint, so the source's set-up work shrinks with it.
+    Non-finite pixels count as non-zero (kept, then refused).
+    """
+    h, w = image.shape
+    rows = np.flatnonzero(image.any(axis=1))
+    cols = np.flatnonzero(image.any(axis=0))
+    if rows.size == 0:
+        return image
+    mr = min(int(rows[0]), h - 1 - int(rows[-1]), (h - 2) // 2)
+    mc = min(int(cols[0]), w - 1 - int(cols[-1]), (w - 2) // 2)
+    return image[mr : h - mr, mc : w - mc]
+
+
+class _Library:
+    """Images and metadata of one library, held once by one process.
+
+    ``images``: (N, S, S) float32, a read-only memory map of the HDF5 file's contiguous dataset
+    (or an in-memory array); ``meta``: the :data:`LIBRARY_COLUMNS`; ``row_by_ident``. Built
+    sources are kept in an LRU cache of at most ``source_cache_bytes``.
+    """
+
+    def __init__(self, path: str, images: np.ndarray, meta: dict, pixscale_arcsec: float, source_cache_bytes: int = SOURCE_CACHE_BYTES):
         self.path = path
-        self.images = images  # h5py dataset (read per galaxy) or an in-memory (N, S, S) array
+        self.images = images
         self.meta = meta
         self.pixscale_arcsec = pixscale_arcsec
-        self.handle = handle
+        self.row_by_ident = {}
+        for row, ident in enumerate(meta["ident"]):
+            if ident in self.row_by_ident:
+                raise InputDataError(f"COSMOS library {path}: ident {ident} appears in rows {self.row_by_ident[ident]} and {row}")
+            self.row_by_ident[ident] = row
+        self.source_cache_bytes = int(source_cache_bytes)
+        self._sources: collections.OrderedDict = collections.OrderedDict()
+        self._cached_bytes = 0
+        self._lock = threading.Lock()
 
     def image(self, index: int) -> np.ndarray:
+        """Library row ``index`` as stored: float64 (S, S)."""
         return np.asarray(self.images[index], dtype=np.float64)
+
+    def source(self, row: int) -> COSMOSImageSource:
+        """The galaxy in ``row`` at the source-plane origin, unrotated, built once (LRU cache)."""
+        with self._lock:
+            src = self._sources.get(row)
+            if src is not None:
+                self._sources.move_to_end(row)
+                return src
+        src = self._build(row)
+        size = src.image.nbytes + src._sb_padded.nbytes + src._quad_f32.nbytes
+        with self._lock:
+            if row not in self._sources and size <= self.source_cache_bytes:
+                self._sources[row] = src
+                self._cached_bytes += size
+                while self._cached_bytes > self.source_cache_bytes:
+                    _, old = self._sources.popitem(last=False)
+                    self._cached_bytes -= old.image.nbytes + old._sb_padded.nbytes + old._quad_f32.nbytes
+        return src
+
+    def _build(self, row: int) -> COSMOSImageSource:
+        ident = str(self.meta["ident"][row])
+        image = np.array(_crop_zero_margins(self.images[row]), dtype=np.float64)  # float32 memory map -> float64 copy
+        total = image.sum()
+        if math.isfinite(total):  # non-finite pixels: left to COSMOSImageSource's check, which counts them
+            if not total > 0:
+                raise InputDataError(f"COSMOS library {self.path}: galaxy {ident} (row {row}) has non-positive total flux {total!r}")
+            image /= total  # stored normalised; re-normalise the float32 rounding away
+        image.flags.writeable = False  # shared by every user of the cached source
+        try:
+            return COSMOSImageSource(
+                image=image,
+                pixscale_arcsec=self.pixscale_arcsec,
+                ident=ident,
+                clumpiness=float(self.meta["clumpiness"][row]),
+                half_light_radius_arcsec=float(self.meta["half_light_radius_arcsec"][row]),
+            )
+        except InputDataError as exc:  # non-finite pixels or a sum away from 1: name the file and row
+            raise InputDataError(f"COSMOS library {self.path}: galaxy {ident} (row {row}): {exc}") from exc
+
+
+def _memory_map_images(path: str, dataset) -> np.ndarray:
+    """The ``images`` dataset as a read-only memory map (contiguous, uncompressed float32), else read whole."""
+    offset = dataset.id.get_offset() if dataset.chunks is None and dataset.compression is None else None
+    if offset is None or dataset.dtype != np.dtype("<f4"):
+        return np.asarray(dataset[()], dtype=np.float32)
+    return np.memmap(path, dtype="<f4", mode="r", offset=offset, shape=dataset.shape)
 
 
 def _open_hdf5_library(path: str, expected_pixscale_arcsec: Optional[float]) -> _Library:
@@ -717,7 +816,19 @@ def _open_hdf5_library(path: str, expected_pixscale_arcsec: Optional[float]) -> 
         handle = h5py.File(path, "r")
     except OSError as exc:
         raise InputDataError(f"COSMOS library {path} is not a readable HDF5 file: {exc}") from exc
-    try:
+    with handle:
+        version = int(handle.attrs.get("library_format_version", 1))
+        if version != LIBRARY_FORMAT_VERSION:
+            builder = handle.attrs.get("builder_version", "unknown")
+            why = (
+                "its stamps were not cleaned of the sky pedestal and neighbours (6-30% of a stamp's sum is a uniform sheet)"
+                if version < LIBRARY_FORMAT_VERSION
+                else "it is newer than this code"
+            )
+            raise InputDataError(
+                f"COSMOS library {path}: format {version} (builder {builder}); this code reads format {LIBRARY_FORMAT_VERSION}: "
+                f"{why}. Rebuild it with `dhs cosmos build`"
+            )
         missing = [name for name in ("images", *LIBRARY_COLUMNS) if name not in handle]
         if missing:
             raise InputDataError(f"COSMOS library {path}: missing datasets {missing}")
@@ -726,7 +837,7 @@ def _open_hdf5_library(path: str, expected_pixscale_arcsec: Optional[float]) -> 
         pixscale = float(handle.attrs["pixel_scale_arcsec"])
         meta = {name: handle[name][()] for name in LIBRARY_COLUMNS}
         meta["ident"] = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in meta["ident"]])
-        n, s1, s2 = handle["images"].shape
+        n = handle["images"].shape[0]
         if not (pixscale > 0 and math.isfinite(pixscale)):
             raise InputDataError(f"COSMOS library {path}: pixel_scale_arcsec attribute must be > 0, got {pixscale!r}")
         if expected_pixscale_arcsec is not None and not math.isclose(pixscale, expected_pixscale_arcsec, rel_tol=1e-6):
@@ -742,10 +853,8 @@ def _open_hdf5_library(path: str, expected_pixscale_arcsec: Optional[float]) -> 
         for name in LIBRARY_COLUMNS:
             if len(meta[name]) != n:
                 raise InputDataError(f"COSMOS library {path}: dataset {name!r} has {len(meta[name])} rows, images has {n}")
-    except Exception:
-        handle.close()
-        raise
-    return _Library(path, handle["images"], meta, pixscale, handle)
+        images = _memory_map_images(path, handle["images"])
+    return _Library(path, images, meta, pixscale)
 
 
 class COSMOSLoaderV2:
@@ -770,9 +879,10 @@ class COSMOSLoaderV2:
     expected_pixscale_arcsec:
         the pixel scale the HDF5 attribute must have (``None`` accepts any).
 
-    The open file lives in a module-level cache, one per process and path, so the loader itself
-    holds only its settings and pickles cheaply; any number of tasks in one Python worker share
-    one open file.
+    The library lives in a module-level cache, one per process and path: its images are
+    memory-mapped (the HDF5 file's contiguous dataset; the page cache holds one copy per node)
+    and each galaxy's source is built once per process (LRU, :data:`SOURCE_CACHE_BYTES`), so a
+    stamp reads no file. The loader itself holds only its settings and pickles cheaply.
     """
 
     def __init__(
@@ -794,8 +904,7 @@ class COSMOSLoaderV2:
             raise ConfigError("cosmos_loader_mode", f"must be one of {_MODES}", mode)
         if split not in _SPLITS:
             raise ConfigError("cosmos.split", f"must be one of {_SPLITS}", split)
-        if not 0.0 < test_fraction < 1.0:
-            raise ConfigError("cosmos.test_fraction", "must be in (0, 1)", test_fraction)
+        _check_test_fraction(test_fraction)
         lo, hi = (float(v) for v in hlr_range_arcsec)
         if not 0.0 <= lo < hi:
             raise ConfigError("cosmos.hlr_range_arcsec", "must be (lo, hi) with 0 <= lo < hi", hlr_range_arcsec)
@@ -814,12 +923,14 @@ class COSMOSLoaderV2:
         self.synthetic_stamp_size = int(synthetic_stamp_size)
         self.galsim_options = dict(galsim_options or {})
         self._selected: Optional[np.ndarray] = None
+        self._selected_set: Optional[frozenset] = None
         if mode == "synthetic":
             log.warning("COSMOSLoaderV2: mode='synthetic' chosen explicitly: %d synthetic clumpy galaxies, not real HST sources", n_synthetic)
 
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_selected"] = None  # recomputed (cheaply, from the per-process cache) after unpickling
+        state["_selected_set"] = None
         return state
 
     def __repr__(self):
@@ -858,26 +969,29 @@ class COSMOSLoaderV2:
         images, meta = make_synthetic_library(self.n_synthetic, self.synthetic_stamp_size)
         return _Library("<synthetic>", images, meta, COSMOS_PIXSCALE_ARCSEC)
 
+    def _is_test(self, ident: str, test_fraction: float) -> bool:
+        return stable_hash64(self.split_salt, str(ident)) / 2.0**64 < test_fraction
+
     def in_split(self, ident: str) -> bool:
         """Whether galaxy ``ident`` belongs to this loader's split (always True for ``split=None``)."""
         if self.split is None:
             return True
-        is_test = stable_hash64(self.split_salt, str(ident)) / 2.0**64 < self.test_fraction
-        return is_test == (self.split == "test")
+        return self._is_test(ident, self.test_fraction) == (self.split == "test")
+
+    def _passes_cuts(self, meta: dict) -> np.ndarray:
+        hlr = meta["half_light_radius_arcsec"]
+        return (hlr >= self.hlr_range_arcsec[0]) & (hlr <= self.hlr_range_arcsec[1]) & (meta["snr"] >= self.min_snr)
 
     def selected_indices(self) -> np.ndarray:
         """Library rows that pass the split and the cuts, in library order."""
         if self._selected is None:
             lib = self.library()
-            meta = lib.meta
-            hlr = meta["half_light_radius_arcsec"]
-            keep = (hlr >= self.hlr_range_arcsec[0]) & (hlr <= self.hlr_range_arcsec[1]) & (meta["snr"] >= self.min_snr)
-            keep &= np.array([self.in_split(i) for i in meta["ident"]], dtype=bool)
+            keep = self._passes_cuts(lib.meta) & np.array([self.in_split(i) for i in lib.meta["ident"]], dtype=bool)
             selected = np.flatnonzero(keep)
             if selected.size == 0:
                 raise InputDataError(
                     f"COSMOS library {lib.path}: no galaxy left after cuts (split={self.split!r}, test_fraction={self.test_fraction}, "
-                    f"hlr_range_arcsec={self.hlr_range_arcsec}, min_snr={self.min_snr}; {len(hlr)} galaxies before cuts)"
+                    f"hlr_range_arcsec={self.hlr_range_arcsec}, min_snr={self.min_snr}; {keep.size} galaxies before cuts)"
                 )
             self._selected = selected
         return self._selected
@@ -889,34 +1003,61 @@ class COSMOSLoaderV2:
         """Idents of the selected galaxies, in library order."""
         return [str(i) for i in self.library().meta["ident"][self.selected_indices()]]
 
+    def metadata_frame(self, test_fraction: Optional[float] = None):
+        """Every library row's :data:`LIBRARY_COLUMNS` (no images) as a pandas DataFrame.
+
+        Added columns: ``library_row`` (the row's index in the library), ``split`` ('train' or
+        'test' by this loader's ident hash with ``test_fraction``, default the loader's; the same
+        rule as :meth:`in_split`) and ``passes_cuts`` (this loader's half-light radius and SNR cuts).
+        """
+        import pandas as pd
+
+        fraction = self.test_fraction if test_fraction is None else float(_check_test_fraction(test_fraction))
+        meta = self.library().meta
+        frame = pd.DataFrame({name: meta[name] for name in LIBRARY_COLUMNS})
+        frame.insert(0, "library_row", np.arange(len(frame), dtype=np.int64))
+        frame["split"] = ["test" if self._is_test(i, fraction) else "train" for i in meta["ident"]]
+        frame["passes_cuts"] = self._passes_cuts(meta)
+        return frame
+
     def source_by_index(self, row: int) -> COSMOSImageSource:
-        """The galaxy in library row ``row`` at the source-plane origin, unrotated."""
+        """The galaxy in library row ``row`` at the source-plane origin, unrotated (built once per process)."""
+        return self.library().source(int(row))
+
+    def source_by_ident(self, ident: str) -> COSMOSImageSource:
+        """The galaxy ``ident`` at the source-plane origin, unrotated; it must be in this loader's split and cuts.
+
+        A dict lookup plus the per-process source cache: the call 4c makes for a galaxy chosen in 4a.
+        """
         lib = self.library()
-        ident = str(lib.meta["ident"][row])
-        image = lib.image(row)
-        if not np.all(np.isfinite(image)):
-            raise InputDataError(f"COSMOS library {lib.path}: galaxy {ident} (row {row}) has {int(np.sum(~np.isfinite(image)))} non-finite pixels")
-        total = image.sum()
-        if not total > 0:
-            raise InputDataError(f"COSMOS library {lib.path}: galaxy {ident} (row {row}) has non-positive total flux {total!r}")
-        return COSMOSImageSource(
-            image=image / total,  # stored normalised; re-normalise the float32 rounding away
-            pixscale_arcsec=lib.pixscale_arcsec,
-            ident=ident,
-            clumpiness=float(lib.meta["clumpiness"][row]),
-            half_light_radius_arcsec=float(lib.meta["half_light_radius_arcsec"][row]),
-        )
+        row = lib.row_by_ident.get(str(ident))
+        if row is None:
+            raise InputDataError(f"COSMOS library {lib.path}: no galaxy with ident {ident!r}")
+        if self._selected_set is None:
+            self._selected_set = frozenset(int(r) for r in self.selected_indices())
+        if row not in self._selected_set:
+            raise InputDataError(
+                f"COSMOS library {lib.path}: galaxy {ident} (row {row}) is outside this loader's selection "
+                f"(split={self.split!r}, test_fraction={self.test_fraction}, hlr_range_arcsec={self.hlr_range_arcsec}, min_snr={self.min_snr})"
+            )
+        return lib.source(row)
 
     def get_source(self, seed: int, x_arcsec: float = 0.0, y_arcsec: float = 0.0) -> COSMOSImageSource:
         """The galaxy chosen by the 64-bit ``seed`` (same seed -> same galaxy), placed at (x, y) arcsec.
 
-        With ``random_rotation`` the stamp is also rotated by an angle drawn from the same seed.
+        The selected row is ``stable_hash64('cosmos-select', seed) mod N`` (bias < N / 2^64); with
+        ``random_rotation`` the stamp is also rotated by 2 pi ``stable_hash64('cosmos-rotate', seed)`` / 2^64.
         """
         selected = self.selected_indices()
-        rng = rng_from_seed(stable_hash64("cosmos-select", int(seed)))
-        row = int(selected[rng.integers(selected.size)])
-        rotation = float(rng.uniform(0.0, 2.0 * math.pi)) if self.random_rotation else 0.0
+        row = int(selected[stable_hash64("cosmos-select", int(seed)) % selected.size])
+        rotation = 2.0 * math.pi * (stable_hash64("cosmos-rotate", int(seed)) / 2.0**64) if self.random_rotation else 0.0
         return self.source_by_index(row).at(x_arcsec, y_arcsec, rotation)
+
+
+def _check_test_fraction(test_fraction: float) -> float:
+    if not 0.0 < test_fraction < 1.0:
+        raise ConfigError("cosmos.test_fraction", "must be in (0, 1)", test_fraction)
+    return test_fraction
 
 
 # --------------------------------------------------------------------------------------------
@@ -964,4 +1105,6 @@ def make_synthetic_library(n: int, stamp_size: int, seed: int = 20240601) -> tup
     meta["snr"][:] = np.inf
     meta["psf_fwhm_arcsec"][:] = 0.0
     meta["pixel_scale_arcsec"][:] = pix
+    for name in ("pedestal_per_pixel", "pedestal_sigma_per_pixel", "pedestal_flux_fraction", "masked_flux_fraction"):
+        meta[name][:] = 0.0  # drawn on a zero sky with no neighbours
     return images, meta

@@ -1,6 +1,7 @@
 """COSMOS source library: builder (real + parametric, from the real files in tests/data/cosmos),
-loader (lazy per-process HDF5, seed selection, ident split, cuts, pickling, Spark), image source
-(vs lenstronomy's INTERPOL light profile), flux-conserving resampling, and bad input.
+loader (per-process memory-mapped library and source cache, seed and ident selection, ident split,
+metadata frame, cuts, pickling, Spark), image source (vs lenstronomy's INTERPOL light profile),
+flux-conserving resampling, and bad input. The stamp cleaning itself: test_cosmos_clean.py.
 
 Test data (tests/data/cosmos, see its README.md): 5 AEGIS F814W galaxies with PSFs (GalSim
 tests, BSD), 10 COSMOS F814W galaxies without PSF file (paltas, MIT), GalSim's 100-galaxy
@@ -10,6 +11,7 @@ example catalogue (parametric fits only, 96 pass GalSim's default exclusion).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import os
@@ -21,23 +23,26 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from dhs_spark.errors import InputDataError
+from dhs_spark.errors import ConfigError, InputDataError
 from dhs_spark.sims.cosmos import (
     _LIBRARY_CACHE,
+    LIBRARY_COLUMNS,
     COSMOSImageSource,
     COSMOSLoaderV2,
     resample_to_pixscale,
 )
-from dhs_spark.sims.cosmos_build import HST_F814W_PSF_FWHM_ARCSEC, build_library, draw_catalog
+from dhs_spark.sims.cosmos_build import HST_F814W_PSF_FWHM_ARCSEC, LibraryCuts, build_library, draw_catalog
+from dhs_spark.sims.lensing import SIEShear
 
 AEGIS = ("aegis_hst_5", "AEGIS_F814w_catalog.fits")
 COSMOS10 = ("cosmos_f814w_10", "real_galaxy_catalog_23.5.fits")
 EXAMPLE = ("galsim_example_catalog", "real_galaxy_catalog_23.5_example.fits")
+NO_CUTS = LibraryCuts(min_snr=0.0, hlr_range_arcsec=(0.0, 10.0), min_flux_fraction_in_stamp=0.0, max_edge_fraction=1.0)
 
 
 @pytest.fixture(scope="module")
 def libs(tmp_path_factory, test_data):
-    """Libraries built once for this module: AEGIS real (deconvolved), COSMOS F814W real (as-is), 96 parametric."""
+    """Libraries built once for this module, every galaxy kept: AEGIS real (deconvolved), COSMOS F814W real (as-is), 96 parametric."""
     out = tmp_path_factory.mktemp("cosmos_libs")
     paths = {}
     for name, (sub, cat), opts in (
@@ -46,7 +51,7 @@ def libs(tmp_path_factory, test_data):
         ("parametric", EXAMPLE, dict(gal_type="parametric")),
     ):
         paths[name] = str(out / f"{name}.h5")
-        build_library(paths[name], cat, galsim_dir=str(test_data / "cosmos" / sub), **opts)
+        build_library(paths[name], cat, galsim_dir=str(test_data / "cosmos" / sub), cuts=NO_CUTS, **opts)
     return paths
 
 
@@ -58,22 +63,25 @@ def _sha256(path):
 # ---------------------------------------------------------------------------- builder
 
 
-def test_real_libraries_hold_all_15_real_galaxies_normalised(libs, test_data):
+def test_real_libraries_hold_all_15_real_galaxies_cleaned_and_normalised(libs, test_data):
     for name, (sub, cat), n, treatment_fwhm in (("aegis", AEGIS, 5, 0.1), ("cosmos10", COSMOS10, 10, HST_F814W_PSF_FWHM_ARCSEC)):
         catalog = fits.getdata(test_data / "cosmos" / sub / cat)
         with h5py.File(libs[name], "r") as f:
             images = f["images"][()]
             assert images.shape == (n, 128, 128) and images.dtype == np.float32
-            assert f["images"].chunks == (1, 128, 128) and f["images"].compression == "gzip"
+            assert f["images"].chunks is None and f["images"].compression is None  # contiguous: memory-mapped by the loader
             assert f.attrs["pixel_scale_arcsec"] == 0.03 and f.attrs["stamp_size"] == 128 and f.attrs["seed"] == 42
             assert f.attrs["source_catalog"] == cat
             np.testing.assert_allclose(images.sum(axis=(1, 2), dtype=np.float64), 1.0, atol=1e-5, err_msg=name)
             idents = [v.decode() for v in f["ident"][()]]
             assert idents == [str(i) for i in catalog["IDENT"]], name
             np.testing.assert_allclose(f["mag"][()], catalog["MAG"], rtol=1e-6, err_msg=name)
-            # whole-galaxy flux = the sum of the HST postage stamp, read here with astropy
-            raw_sums = [fits.getdata(test_data / "cosmos" / sub / fn, ext=int(hdu)).sum(dtype=np.float64) for fn, hdu in zip(catalog["GAL_FILENAME"], catalog["GAL_HDU"])]
-            np.testing.assert_allclose(f["flux"][()], raw_sums, rtol=1e-5, err_msg=name)
+            # the cleaned galaxy's flux: the HST postage stamp's sum (read here with astropy) less the pedestal sheet,
+            # the neighbours and the sky noise outside the footprint (each checked in test_cosmos_clean.py)
+            raw_sums = np.array([fits.getdata(test_data / "cosmos" / sub / fn, ext=int(hdu)).sum(dtype=np.float64) for fn, hdu in zip(catalog["GAL_FILENAME"], catalog["GAL_HDU"])])
+            removed = f["pedestal_flux_fraction"][()] + f["masked_flux_fraction"][()]
+            np.testing.assert_allclose(f["flux"][()], raw_sums * (1 - removed), rtol=0.15, err_msg=name)
+            assert np.all(np.isfinite(f["pedestal_per_pixel"][()])) and np.all(f["pedestal_sigma_per_pixel"][()] > 0), name
             frac = f["flux_fraction_in_stamp"][()]
             assert np.all((frac > 0.8) & (frac < 1.0 + 1e-4)), (name, frac)
             np.testing.assert_allclose(f["psf_fwhm_arcsec"][()], treatment_fwhm, err_msg=name)
@@ -87,25 +95,39 @@ def test_real_libraries_hold_all_15_real_galaxies_normalised(libs, test_data):
         assert np.all(np.isnan(f["zphot"][()]))
 
 
-def test_hst_native_stamp_is_the_raw_hst_image(libs, test_data):
-    """As-is mode: a galaxy smaller than the stamp is the raw HST pixels, whole-pixel centred, nothing resampled."""
+def test_hst_native_stamp_is_the_cleaned_raw_hst_image(libs, test_data):
+    """As-is mode: a galaxy smaller than the stamp is its raw HST pixels less the pedestal inside its footprint and 0
+    outside, whole-pixel centred, nothing resampled."""
     hdul = fits.open(test_data / "cosmos" / "cosmos_f814w_10" / "real_galaxy_images_23.5_n1.fits")
     raw = hdul[2].data.astype(np.float64)  # 50 x 49
     with h5py.File(libs["cosmos10"], "r") as f:
-        stamp = f["images"][2].astype(np.float64) * raw.sum()
+        stamp = f["images"][2].astype(np.float64) * f["flux"][2] * f["flux_fraction_in_stamp"][2]
+        pedestal = f["pedestal_per_pixel"][2]
     r0, c0 = (128 - raw.shape[0]) // 2, (128 - raw.shape[1]) // 2
-    np.testing.assert_allclose(stamp[r0 : r0 + raw.shape[0], c0 : c0 + raw.shape[1]], raw, rtol=2e-6, atol=1e-9)
-    assert np.count_nonzero(stamp) == np.count_nonzero(raw)
+    inner = stamp[r0 : r0 + raw.shape[0], c0 : c0 + raw.shape[1]]
+    kept = inner != 0
+    np.testing.assert_allclose(inner[kept], (raw - pedestal)[kept], rtol=1e-5, atol=1e-8)
+    assert np.count_nonzero(stamp) == kept.sum() and 0.5 * raw.size < kept.sum() <= raw.size
 
 
-def test_parametric_library_96_galaxies(libs):
+def test_parametric_library_96_galaxies(libs, test_data):
     with h5py.File(libs["parametric"], "r") as f:
         assert f["images"].shape == (96, 128, 128)
         assert len(set(f["ident"][()])) == 96
         np.testing.assert_allclose(f["images"][()].sum(axis=(1, 2), dtype=np.float64), 1.0, atol=1e-5)
         assert np.all(f["noise_sigma"][()] == 0) and np.all(np.isinf(f["snr"][()]))
+        for name in ("pedestal_per_pixel", "pedestal_sigma_per_pixel", "pedestal_flux_fraction", "masked_flux_fraction"):
+            assert np.all(f[name][()] == 0), name  # drawn on a zero sky with no neighbours
         assert np.all(np.isfinite(f["zphot"][()]))
         assert np.all(f["psf_fwhm_arcsec"][()] == 0.1)
+        frac, hlr = f["flux_fraction_in_stamp"][()], f["half_light_radius_arcsec"][()]
+        idents = [v.decode() for v in f["ident"][()]]
+    # the default cuts drop the fits that spill out of the 3.84" stamp (Sersic wings) or are too small or large
+    cut = draw_catalog(EXAMPLE[1], galsim_dir=str(test_data / "cosmos" / EXAMPLE[0]), gal_type="parametric", n_sources=16)
+    drawn = [idents.index(r["ident"]) for r in json.loads(cut.attrs["rejected"])] + [idents.index(i) for i in cut.meta["ident"]]
+    kept = (frac >= 0.97) & (hlr >= 0.05) & (hlr <= 1.0)
+    assert cut.attrs["n_drawn"] == len(drawn) == 16 and 0 < len(cut.images) < 16
+    assert sorted(idents.index(i) for i in cut.meta["ident"]) == sorted(r for r in drawn if kept[r])
 
 
 def test_real_galaxies_are_clumpier_than_their_own_parametric_fits(test_data):
@@ -123,7 +145,7 @@ def test_real_galaxies_are_clumpier_than_their_own_parametric_fits(test_data):
 
 def test_same_inputs_same_file_bytes_and_seeded_choice(tmp_path, test_data):
     d = str(test_data / "cosmos" / "galsim_example_catalog")
-    opts = dict(gal_type="parametric", n_sources=4, stamp_size=48)
+    opts = dict(gal_type="parametric", n_sources=4, stamp_size=48, cuts=NO_CUTS)
     a = build_library(str(tmp_path / "a.h5"), EXAMPLE[1], galsim_dir=d, seed=7, **opts)
     b = build_library(str(tmp_path / "b.h5"), EXAMPLE[1], galsim_dir=d, seed=7, **opts)
     c = build_library(str(tmp_path / "c.h5"), EXAMPLE[1], galsim_dir=d, seed=8, **opts)
@@ -172,6 +194,88 @@ def test_loader_pickles_opens_once_per_process_and_selects_by_seed(libs):
     assert pickle.loads(pickle.dumps(src)).ident == src.ident
 
 
+def test_loader_memory_maps_the_library_and_builds_each_source_once(libs):
+    """One memory map per worker (no HDF5 read per stamp), each galaxy built once (LRU cache within its byte budget)."""
+    loader = COSMOSLoaderV2(libs["cosmos10"])
+    lib = loader.library()
+    assert isinstance(lib.images, np.memmap) and lib.images.shape == (10, 128, 128) and lib.images.dtype == np.float32
+    with h5py.File(libs["cosmos10"], "r") as f:
+        assert np.array_equal(lib.images[4], f["images"][4])
+    first = loader.source_by_index(4)
+    assert loader.source_by_index(4) is first
+    placed = loader.get_source(123, 0.1, 0.2)
+    assert placed.image is loader.source_by_ident(placed.ident).image  # placing copies no pixels
+    assert not first.image.flags.writeable  # shared by every user of the cached source
+    with pytest.raises(ValueError):
+        first.image[0, 0] = 1.0
+    assert loader.source_by_ident(first.ident) is first
+    def size(src):
+        return src.image.nbytes + src._sb_padded.nbytes + src._quad_f32.nbytes
+
+    budget, lib.source_cache_bytes = lib.source_cache_bytes, size(first) + size(lib._build(5)) - 1  # room for one of the two
+    try:
+        lib._sources.clear()
+        lib._cached_bytes = 0
+        a = loader.source_by_index(4)
+        loader.source_by_index(5)  # evicts row 4
+        assert 4 not in lib._sources and 5 in lib._sources and lib._cached_bytes <= lib.source_cache_bytes
+        assert loader.source_by_index(4) is not a and np.array_equal(loader.source_by_index(4).image, a.image)
+    finally:
+        lib.source_cache_bytes = budget
+
+
+def test_cropped_source_lenses_exactly_like_the_full_stamp(libs):
+    """The loader drops all-zero margins symmetrically (cleaned stamps are 0 outside the footprint): same stamp
+    origin, same surface brightness, so the lensed image is the same to float32 rounding (fast path: 1e-5)."""
+    loader = COSMOSLoaderV2(libs["cosmos10"])
+    lens = SIEShear(1.3, 0.75, 0.5, 0.03, -0.02)
+    n_cropped = 0
+    for row in range(10):
+        cropped = loader.source_by_index(row)
+        stored = loader.library().image(row)
+        full = COSMOSImageSource(stored / stored.sum(), 0.03, cropped.ident)
+        n_cropped += cropped.image.shape != full.image.shape
+        a = cropped.at(0.11, -0.07, 0.9)
+        b = full.at(0.11, -0.07, 0.9)
+        pts = np.random.default_rng(row).uniform(-2.0, 2.0, (2, 2000))
+        np.testing.assert_allclose(a.surface_brightness(*pts), b.surface_brightness(*pts), rtol=1e-9, atol=1e-9 * b.surface_brightness(*pts).max())
+        fa = a.unit_lensed_image_fast(48, 0.262, 8, lens)
+        fb = b.unit_lensed_image_fast(48, 0.262, 8, lens)
+        assert np.abs(fa - fb).sum() / fb.sum() < 1e-5, cropped.ident
+    assert n_cropped >= 8  # as-is stamps: most are far smaller than 128 x 128 once cleaned
+
+
+def test_source_by_ident_and_metadata_frame(libs):
+    """4a picks galaxies from ``metadata_frame`` (split by the loader's ident hash), 4c fetches them by ident."""
+    loader = COSMOSLoaderV2(libs["parametric"])
+    frame = loader.metadata_frame()
+    assert len(frame) == 96 and list(frame["library_row"]) == list(range(96)) and "images" not in frame
+    for column in LIBRARY_COLUMNS:
+        assert column in frame, column
+    assert set(frame["split"]) == {"train", "test"} and frame["passes_cuts"].all()
+    for split in ("train", "test"):
+        side = COSMOSLoaderV2(libs["parametric"], split=split)
+        assert sorted(frame.loc[frame["split"] == split, "ident"]) == sorted(side.idents())
+        assert all(side.in_split(i) == (s == split) for i, s in zip(frame["ident"], frame["split"]))
+    wider = loader.metadata_frame(test_fraction=0.5)
+    assert (wider["split"] == "test").sum() > (frame["split"] == "test").sum()
+    assert set(frame.loc[frame["split"] == "test", "ident"]) <= set(wider.loc[wider["split"] == "test", "ident"])  # monotone in the fraction
+    cut = COSMOSLoaderV2(libs["parametric"], hlr_range_arcsec=(0.2, 0.4)).metadata_frame()
+    hlr = cut["half_light_radius_arcsec"]
+    assert list(cut["passes_cuts"]) == list((hlr >= 0.2) & (hlr <= 0.4))
+    for ident in frame["ident"][:10]:
+        src = loader.source_by_ident(ident)
+        assert src.ident == ident and (src.x_arcsec, src.y_arcsec, src.phi_rad) == (0.0, 0.0, 0.0)
+    with pytest.raises(InputDataError, match=r"parametric.h5: no galaxy with ident 'nope'"):
+        loader.source_by_ident("nope")
+    test_only = COSMOSLoaderV2(libs["parametric"], split="test")
+    a_train_ident = frame.loc[frame["split"] == "train", "ident"].iloc[0]
+    with pytest.raises(InputDataError, match=rf"galaxy {a_train_ident} \(row \d+\) is outside this loader's selection \(split='test'"):
+        test_only.source_by_ident(a_train_ident)
+    with pytest.raises(ConfigError, match="test_fraction"):
+        loader.metadata_frame(test_fraction=1.5)
+
+
 def test_loader_split_is_disjoint_by_ident_and_cuts_apply(libs):
     loaders = {s: COSMOSLoaderV2(libs["parametric"], split=s, test_fraction=0.3) for s in ("train", "test")}
     train, test = set(loaders["train"].idents()), set(loaders["test"].idents())
@@ -203,12 +307,12 @@ def test_loader_bad_library_files(libs, tmp_path):
         f["images"][3, 64, 64] = np.nan
     loader = COSMOSLoaderV2(str(nan))
     loader.source_by_index(2)  # other galaxies still load
-    with pytest.raises(InputDataError, match=r"nan.h5: galaxy 17038 \(row 3\) has 1 non-finite"):
+    with pytest.raises(InputDataError, match=r"nan.h5: galaxy 17038 \(row 3\): .*1 non-finite"):
         loader.source_by_index(3)
 
 
 def test_galsim_mode_matches_the_hdf5_library(libs, test_data):
-    opts = dict(galsim_dir=str(test_data / "cosmos" / "cosmos_f814w_10"), gal_type="real")
+    opts = dict(galsim_dir=str(test_data / "cosmos" / "cosmos_f814w_10"), gal_type="real", cuts=NO_CUTS)
     live = COSMOSLoaderV2(str(test_data / "cosmos" / "cosmos_f814w_10" / COSMOS10[1]), mode="galsim", galsim_options=opts)
     stored = COSMOSLoaderV2(libs["cosmos10"])
     for seed in (1, 2, 3):
@@ -292,7 +396,8 @@ def test_cli_build_and_bad_catalogue_exit_code(tmp_path, test_data, capsys):
 
     d = str(test_data / "cosmos" / "galsim_example_catalog")
     out = tmp_path / "cli.h5"
-    args = ["cosmos", "build", "--galsim-path", d, "--catalog", EXAMPLE[1], "--output", str(out), "--n-sources", "3", "--stamp-size", "32", "--gal-type", "parametric"]
+    args = ["cosmos", "build", "--galsim-path", d, "--catalog", EXAMPLE[1], "--output", str(out), "--n-sources", "3", "--stamp-size", "32", "--gal-type", "parametric",
+            "--min-flux-fraction-in-stamp", "0"]  # fmt: skip
     assert main(args) == 0
     with h5py.File(out, "r") as f:
         assert f["images"].shape == (3, 32, 32) and f.attrs["gal_type"] == "parametric"
