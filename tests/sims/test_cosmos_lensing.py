@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 
 from dhs_spark.sims.cosmos import COSMOS_OVERSAMPLE, COSMOSImageSource, COSMOSLoaderV2, resample_to_pixscale
-from dhs_spark.sims.cosmos_build import build_library
+from dhs_spark.sims.cosmos_build import LibraryCuts, build_library
 from dhs_spark.sims.lensing import SIEShear
 from dhs_spark.sims.psf import convolve_separable_same, gaussian_kernel_1d
 from dhs_spark.sims.render import render_lensed_source, unit_lensed_image_exact
 
 PIX = 0.262
 SIZE = 48
+NO_CUTS = LibraryCuts(min_snr=0.0, hlr_range_arcsec=(0.0, 10.0), min_flux_fraction_in_stamp=0.0, max_edge_fraction=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def real_sources(tmp_path_factory, test_data):
     ):
         key = f"{sub}-{opts.get('psf_treatment', 'auto')}"
         path = str(out / f"{key}.h5")
-        build_library(path, cat, galsim_dir=str(test_data / "cosmos" / sub), **opts)
+        build_library(path, cat, galsim_dir=str(test_data / "cosmos" / sub), cuts=NO_CUTS, **opts)
         loader = COSMOSLoaderV2(path)
         sources[key] = [loader.source_by_index(i) for i in range(len(loader))]
     return sources
@@ -146,9 +147,10 @@ def test_hst_psf_left_in_vs_deconvolved_bound(real_sources):
     """As-is (HST PSF ~0.11" left in) vs deconvolved to a 0.1" Gaussian, lensed then seen with a 1.2" PSF.
 
     Bounds the error of the as-is treatment used for COSMOS files without PSF. Measured on the 5
-    AEGIS galaxies: relative L1 3% for the brightest (14886, mag 22.0, SNR 112), 6.5% for 24216
-    (mag 22.8) and 10-11% for the three mag 24.7 ones, whose pixel noise and residual sky pedestal
-    (up to ~1e-3 per pixel over the stamp) are tens of per cent of their flux.
+    cleaned AEGIS galaxies: relative L1 3.4% for the brightest (14886, mag 22.0, SNR 122), 6.9%
+    for 24216 (mag 22.8) and 9.5-12% for the three mag 24.7 ones: their pixel noise, which the
+    deconvolution to a Gaussian narrower than the ACS PSF roughly doubles, is tens of per cent of
+    their flux (the sky pedestal, the other term before cleaning, is now removed from both).
     """
     kernel = gaussian_kernel_1d(1.2, PIX)
     lens = SIEShear(1.2, 0.8, 0.4, 0.02, -0.01)
@@ -156,8 +158,69 @@ def test_hst_psf_left_in_vs_deconvolved_bound(real_sources):
         assert deconv.ident == native.ident
         a = convolve_separable_same(unit_lensed_image_exact(64, PIX, COSMOS_OVERSAMPLE, lens, deconv.at(0.1, 0.05)), kernel)
         b = convolve_separable_same(unit_lensed_image_exact(64, PIX, COSMOS_OVERSAMPLE, lens, native.at(0.1, 0.05)), kernel)
-        bound = 0.05 if deconv.ident == "14886" else 0.13
+        bound = 0.05 if deconv.ident == "14886" else 0.14
         assert _l1(b, a) < bound, (deconv.ident, _l1(b, a))
+
+
+def _galsim_source(gal, psf_fwhm_arcsec):
+    import galsim
+
+    drawn = galsim.Convolve(gal, galsim.Gaussian(fwhm=psf_fwhm_arcsec)).drawImage(nx=128, ny=128, scale=0.03).array.astype(np.float64)
+    return COSMOSImageSource(drawn / drawn.sum(), 0.03, "galsim")
+
+
+def test_hst_psf_broadening_estimate_matches_a_psf_free_source():
+    """The second-moment estimate (one more blur) against the direct answer: noise-free GalSim discs with knots drawn
+    with the 0.1" PSF and with a 0.02" one (no PSF to speak of), lensed (theta_E 1.2-1.5") and seen with a 1.2" PSF.
+
+    Measured: direct radial broadening -0.3 to +0.4%, tangential -1.6 to +2.1%; the estimate
+    within 0.4% (radial) and 1.5% (tangential) of it. Signed: a blur moves flux between the images
+    of a multiple-image system, so the whole configuration's widths can also shrink a little.
+    """
+    import galsim
+
+    from dhs_spark.sims.cosmos_build import arc_widths_arcsec, hst_psf_arc_broadening
+
+    kernel = gaussian_kernel_1d(1.2, PIX, integrate_pixel=False)
+    rng = np.random.default_rng(1)
+    for case in range(6):
+        hlr = rng.uniform(0.08, 0.3)
+        gal = galsim.Exponential(half_light_radius=hlr, flux=1.0).shear(q=rng.uniform(0.4, 1.0), beta=rng.uniform(0, math.pi) * galsim.radians)
+        for _ in range(2):
+            gal = gal + galsim.Gaussian(sigma=0.02, flux=0.1).shift(*rng.normal(0.0, hlr, 2))
+        lens = SIEShear(rng.uniform(1.2, 1.5), 0.8, 0.4, 0.02, -0.01)
+        x, y = rng.uniform(-0.25, 0.25, 2)
+        with_psf, without = _galsim_source(gal, 0.1).at(x, y), _galsim_source(gal, 0.02).at(x, y)
+        w_with, w_without = (arc_widths_arcsec(convolve_separable_same(s.unit_lensed_image_fast(64, PIX, 8, lens), kernel), PIX) for s in (with_psf, without))
+        direct = (w_with[0] / w_without[0] - 1, w_with[1] / w_without[1] - 1)
+        est = hst_psf_arc_broadening(with_psf, lens, 0.1)
+        assert abs(direct[0]) < 0.01 and abs(direct[1]) < 0.03, (case, direct)
+        assert abs(est["radial_broadening"] - direct[0]) < 0.006, (case, est, direct)
+        assert abs(est["tangential_broadening"] - direct[1]) < 0.02, (case, est, direct)
+
+
+def test_hst_psf_broadening_of_real_arcs_is_small(real_sources):
+    """The 15 real galaxies as the library stores them (AEGIS: 0.1" Gaussian after deconvolution; COSMOS F814W: the ACS
+    PSF, 0.113"), lensed at theta_E 1.2, 1.35, 1.5" and seen with a 1.2" DR10 PSF: the median broadening of the
+    arc by the PSF left in the source, over all 45 galaxy x theta_E cases:
+    0.24% across the arc (max 0.70%) and 0.18% along it (-8.9% to +3.5%: the along-arc moment of the faint,
+    noise-dominated AEGIS galaxies is itself noisy); on the 15 cases run here 0.22% and 0.31%. "Small" here:
+    under 1% across and 2% along in the median, well under the spread of DR10's own PSF FWHM between bricks
+    (tens of per cent), which the injections already sample.
+    """
+    from dhs_spark.sims.cosmos_build import HST_F814W_PSF_FWHM_ARCSEC, hst_psf_arc_broadening
+
+    radial, tangential = [], []
+    configs = ((1.2, (0.1, 0.05)), (1.35, (0.2, -0.1)), (1.5, (-0.05, 0.25)))
+    sources = [(g, 0.1) for g in real_sources["aegis_hst_5-auto"]] + [(g, HST_F814W_PSF_FWHM_ARCSEC) for g in real_sources["cosmos_f814w_10-auto"]]
+    for k, (galaxy, psf_fwhm) in enumerate(sources):
+        theta_e, (x, y) = configs[k % 3]
+        b = hst_psf_arc_broadening(galaxy.at(x, y, 0.7), SIEShear(theta_e, 0.8, 0.4, 0.02, -0.01), psf_fwhm)
+        assert 0.4 < b["radial_width_arcsec"] < 1.0, (galaxy.ident, b)  # the 1.2" PSF's own sigma is 0.51"
+        radial.append(b["radial_broadening"])
+        tangential.append(b["tangential_broadening"])
+    assert abs(np.median(radial)) < 0.01 and abs(np.median(tangential)) < 0.02, (radial, tangential)
+    assert max(radial) < 0.02, radial
 
 
 def test_inject_cosmos_source_truth_and_determinism(real_sources, tmp_path, test_data):
