@@ -9,7 +9,9 @@ dominate below ~20k stamps, so read the rate targets at 50k stamps and above (``
 Both sides run the same task function, ``dhs_spark.jobs.phase4c_stamps.write_stamps`` (open the
 brick, cut, inject a Sersic arc with its Poisson noise, build the Arrow batch, write the stamps
 with ``dhs_spark.jobs.stamp_writer``: pyarrow Parquet, zstd), on the same manifest rows from the
-mock survey. The Spark side is the whole 4c stage as the pipeline runs it (repartition by brick,
+mock survey, made by 4a with the default population (host-conditioned lenses, parametric sources
+from the joint catalogue prior, detectable-lens selection, 5% null injections; the arc's shot
+noise with the coadd's correlation measured once per brick). The Spark side is the whole 4c stage as the pipeline runs it (repartition by brick,
 mapInArrow, the rejects write, the read-back reconciliation, the commit). Printed:
 
 - rate: Spark local[2] stamps/s against 2 x the single-process rate (target >= 0.8), at the
@@ -148,12 +150,17 @@ class WorkerRSS(PollingThread):
         return max(self.window.values(), default=float("nan"))
 
 
+KEPT_HOST_FRACTION = 0.25
+
+
 def make_experiment(spark, root: Path, survey, n_stamps: int, stamp_size: int, tag: str):
     """Run 4a with enough replicates for ``n_stamps`` injections; returns (cfg, paths, inputs, opts)."""
     from dhs_spark.jobs import paths as P
     from dhs_spark.jobs.pipeline import PipelineInputs, RunOptions, build_parser, resolve_config, run_stage
 
-    n_hosts = sum(1 for _ in survey.bricknames) * 10
+    # The host-conditioned population keeps the ~25% of LRGs that can hold a theta_E >= 1" lens
+    # (population.theta_e_range_arcsec): replicate the kept hosts enough to reach n_stamps.
+    n_hosts = max(1, round(sum(1 for _ in survey.bricknames) * 10 * KEPT_HOST_FRACTION))
     args = build_parser().parse_args(
         ["--stage", "4a", "--output", str(root), "--experiment-id", tag, "--set", f"data.stamp_size={stamp_size}",
          "--set", "data.control_fraction=0.0", "--set", f"data.n_replicates={-(-n_stamps // n_hosts)}"]

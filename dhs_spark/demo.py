@@ -236,6 +236,8 @@ def _concat_libraries(drawn: list):
     for key in ("source_catalog", "source_catalog_sha256", "psf_treatment"):
         attrs[key] = " + ".join(str(d.attrs[key]) for d in drawn)
     attrs["n_sources"] = int(sum(len(d.images) for d in drawn))
+    attrs["n_drawn"] = int(sum(int(d.attrs.get("n_drawn", len(d.images))) for d in drawn))
+    attrs["rejected"] = json.dumps([r for d in drawn for r in json.loads(d.attrs.get("rejected", "[]"))])
     meta = {c: np.concatenate([d.meta[c] for d in drawn]) for c in LIBRARY_COLUMNS}
     return DrawnLibrary(images=np.concatenate([d.images for d in drawn]), meta=meta, pixscale_arcsec=drawn[0].pixscale_arcsec, attrs=attrs)
 

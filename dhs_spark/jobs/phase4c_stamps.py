@@ -186,22 +186,47 @@ def stamp_params(
 # -- the per-partition function ------------------------------------------------------------------
 
 
+#: Side (pixels) of the brick-centre region the arc-noise correlation is measured on, once per brick.
+NOISE_REGION_PIX = 160
+
+
+def brick_noise_correlation(brick):
+    """The coadd's noise correlation for the arcs of ``brick`` (loaded): measured once per brick on
+    its central :data:`NOISE_REGION_PIX` square (sources masked, :func:`dhs_spark.sims.noise.
+    estimate_noise_correlation`), so every stamp of a brick gets the same estimate whatever the
+    partitioning, and the estimate costs nothing per stamp. A brick's resampling and dither
+    pattern is the same over its area; the region's ~20,000 sky pixels give lags to ~0.007."""
+    from dhs_spark.sims.noise import estimate_noise_correlation
+
+    n = brick.image.shape[-1]
+    lo = max(0, n // 2 - NOISE_REGION_PIX // 2)
+    region = (slice(None), slice(lo, lo + NOISE_REGION_PIX), slice(lo, lo + NOISE_REGION_PIX))
+    return estimate_noise_correlation(brick.image[region], brick.invvar[region], centre_radius_pix=0.0)
+
+
 class _BrickCache:
-    """The brick of the current run of rows; a new brickname releases the previous brick."""
+    """The brick of the current run of rows; a new brickname releases the previous brick. Its
+    noise correlation (:func:`brick_noise_correlation`) is measured on first use."""
 
     def __init__(self, coadd_root: str):
         self.coadd_root = coadd_root
         self.brickname = None
         self.brick = None
+        self._noise = None
         self.opened = 0
 
     def get(self, brickname: str):
         from dhs_spark.survey.coadds import CoaddBrick
 
         if brickname != self.brickname:
-            self.brickname, self.brick = brickname, CoaddBrick(self.coadd_root, brickname, BANDS)
+            self.brickname, self.brick, self._noise = brickname, CoaddBrick(self.coadd_root, brickname, BANDS), None
             self.opened += 1
         return self.brick
+
+    def noise_correlation(self):
+        if self._noise is None:
+            self._noise = brick_noise_correlation(self.brick)
+        return self._noise
 
 
 class _BrickPsf:
@@ -301,11 +326,14 @@ def _psf_fwhm(row: dict) -> list[float]:
     return [float(f) for f in fwhm]
 
 
-def make_stamp(row: dict, brick, params: StampParams, loader=None, psf: Optional[_BrickPsf] = None) -> tuple[dict, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
+def make_stamp(row: dict, brick, params: StampParams, loader=None, psf: Optional[_BrickPsf] = None,
+               noise_correlation=None) -> tuple[dict, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
     """One manifest row -> (output columns, image (C, N, N) float32, invvar or None, the added
     arc (C, N, N) float32 or None for a control).
 
     ``psf``: the partition's :class:`_BrickPsf` (a new one when None, for one-off calls).
+    ``noise_correlation``: the brick's (:func:`brick_noise_correlation`; measured here when None
+    and the arc noise is correlated).
 
     Raises RejectError / InputDataError for a stamp that cannot be made.
     """
@@ -363,6 +391,7 @@ def make_stamp(row: dict, brick, params: StampParams, loader=None, psf: Optional
             rng=rng_from_seed(stable_hash64("arc-poisson", row["task_seed"])),
             ebv=float(row.get("ebv") or 0.0),
             noise_model=params.arc_noise_model,
+            noise_correlation=(noise_correlation or brick_noise_correlation(brick)) if params.arc_noise_model == "correlated" and params.add_poisson else None,
             source_flux_scale=0.0 if row.get("is_null_injection") else 1.0,
         )
         t = result.truth
@@ -433,7 +462,8 @@ def stamp_batches(batches: Iterable[pa.RecordBatch], params: StampParams, attemp
                 brick.load()
                 t1 = time.perf_counter()
                 stats["io_s"] += t1 - t0
-                values, image, invvar, arc = make_stamp(row, brick, params, loader, psf)
+                noise = cache.noise_correlation() if params.arc_noise_model == "correlated" and params.add_poisson and not row["is_control"] else None
+                values, image, invvar, arc = make_stamp(row, brick, params, loader, psf, noise)
                 arc = arc if params.write_arc_image else None
                 stats["inject_s"] += time.perf_counter() - t1
                 out.update(values, record_kind="stamp")
