@@ -4,6 +4,9 @@ A gate (4d data gates, trainer model gates, the anchor gate, the realism probe) 
 :class:`Gate`: a name, the measured value, the threshold it is held to and on which side, a
 pass flag that is True, False or None, and when None a reason a user can act on, plus an
 interval (bootstrap, percentile) where one was computed and a line saying what the number means.
+:func:`judge` holds a value to a threshold; :func:`judge_effect` holds an effect size (an AUC,
+a score shift) to a tolerance and fails only when the effect is also significant
+(:func:`mann_whitney_p` below ``alpha``), so that a small sample cannot fail a gate by chance.
 
 AUROC (:func:`auroc`): the Mann-Whitney statistic U / (n_pos n_neg) with tied scores counting
 one half (average ranks), equal to ``sklearn.metrics.roc_auc_score`` and to the trapezoid area
@@ -92,6 +95,23 @@ def bootstrap_interval(statistic: Callable[[np.ndarray], float], n_items: int, n
     when nothing finite came out. Deterministic in ``seed``."""
     rng = rng_from_seed(seed)
     values = np.array([statistic(rng.integers(0, n_items, n_items)) for _ in range(n_bootstrap)], dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return None, None
+    alpha = (1.0 - confidence) / 2.0
+    return float(np.quantile(values, alpha)), float(np.quantile(values, 1.0 - alpha))
+
+
+def two_sample_interval(statistic: Callable[[np.ndarray, np.ndarray], float], a, b, n_bootstrap: int = 1000, seed: int = 0,
+                        confidence: float = 0.95) -> tuple[Optional[float], Optional[float]]:
+    """Percentile bootstrap interval of ``statistic(a, b)`` with ``a`` and ``b`` resampled
+    independently (e.g. a difference of means); (None, None) when either is empty."""
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    if not len(a) or not len(b):
+        return None, None
+    rng = rng_from_seed(seed)
+    values = np.array([statistic(a[rng.integers(0, len(a), len(a))], b[rng.integers(0, len(b), len(b))]) for _ in range(n_bootstrap)], dtype=np.float64)
     values = values[np.isfinite(values)]
     if not len(values):
         return None, None

@@ -40,7 +40,10 @@ COL = types.SimpleNamespace(**{c.name: c.name for c in STAMP_COLUMNS})
 
 SPLITS = ("train", "val", "test")
 # Per-row columns the index keeps in memory (those present in the files; the image never).
-INDEX_COLUMNS = (COL.label, COL.split, COL.ra, COL.dec, COL.theta_e_arcsec, COL.arc_snr_sum, COL.psf_fwhm_r_arcsec)
+# is_null_injection selects the null injections (held out of training by default); the source
+# offset and size give the trainer's arc-suppressed gate its fallback mask (trainer.gates).
+GATE_TRUTH_COLUMNS = (COL.source_x_arcsec, COL.source_y_arcsec, COL.source_r_eff_arcsec)
+INDEX_COLUMNS = (COL.label, COL.split, COL.ra, COL.dec, COL.theta_e_arcsec, COL.arc_snr_sum, COL.psf_fwhm_r_arcsec, COL.is_null_injection, *GATE_TRUTH_COLUMNS)
 TRUTH_COLUMNS = (COL.theta_e_arcsec, COL.arc_snr_sum, COL.psf_fwhm_r_arcsec)
 
 
@@ -127,7 +130,11 @@ class StampIndex:
             table = pf.read(columns=cols)
             hive_split = _hive_value(f, COL.split)
             for c in INDEX_COLUMNS:
-                if c in names:
+                if c == COL.is_null_injection:
+                    # absent (stamps that predate the column) or null: not a null injection
+                    flag = table.column(c).fill_null(False).to_numpy(zero_copy_only=False) if c in names else np.zeros(table.num_rows, bool)
+                    parts.setdefault(c, []).append(flag.astype(bool))
+                elif c in names:
                     parts.setdefault(c, []).append(table.column(c).to_numpy(zero_copy_only=False))
                 elif c == COL.split and hive_split is not None:
                     # 4c writes split=<value>/ directories (as Spark's partitionBy("split") does), not a column
@@ -149,27 +156,43 @@ class StampIndex:
             meta[COL.label] = labels.astype(np.int64)
         return cls(str(path), fs, files, row_groups, meta, common or set())
 
-    def rows(self, split: str | None = None) -> np.ndarray:
-        """Global row indices of ``split`` (all rows when None), ascending."""
+    def rows(self, split: str | None = None, null_injections: bool = True) -> np.ndarray:
+        """Global row indices of ``split`` (all rows when None), ascending; without the null
+        injections when ``null_injections`` is False."""
+        keep = np.ones(self.n_rows, bool) if null_injections else ~self.is_null_injection
         if split is None:
-            return np.arange(self.n_rows, dtype=np.int64)
+            return np.flatnonzero(keep).astype(np.int64)
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if COL.split not in self.meta:
             raise InputDataError(f"{self.path}: no '{COL.split}' column, cannot select split {split!r}")
-        return np.flatnonzero(self.meta[COL.split] == split).astype(np.int64)
+        return np.flatnonzero((self.meta[COL.split] == split) & keep).astype(np.int64)
+
+    @property
+    def is_null_injection(self) -> np.ndarray:
+        """(n_rows,) bool: null injections (zero source flux through the injection path, label 0);
+        all False for stamps that predate the column."""
+        return self.meta.get(COL.is_null_injection, np.zeros(self.n_rows, bool))
 
     def where(self, rg: RowGroup) -> str:
         return f"{self.files[rg.file_index]} (row group {rg.row_group})"
 
-    def read(self, rg: RowGroup, columns: list[str]) -> pa.Table:
-        """Columns of one row group (the file handle is kept open per process)."""
+    def _file(self, rg: RowGroup):
+        """The ParquetFile of a row group (the file handle is kept open per process)."""
         import pyarrow.parquet as pq
 
         pf = self._open.get(rg.file_index)
         if pf is None:
             pf = self._open[rg.file_index] = pq.ParquetFile(self.filesystem.open_input_file(self.files[rg.file_index]))
-        return pf.read_row_group(rg.row_group, columns=columns)
+        return pf
+
+    def read(self, rg: RowGroup, columns: list[str]) -> pa.Table:
+        """Columns of one row group."""
+        return self._file(rg).read_row_group(rg.row_group, columns=columns)
+
+    def file_has_column(self, rg: RowGroup, name: str) -> bool:
+        """Whether the file holding ``rg`` has column ``name`` (files written by older code may lack it)."""
+        return name in self._file(rg).schema_arrow.names
 
     def read_images(self, rg: RowGroup, extra_columns: tuple[str, ...] = ()) -> tuple[np.ndarray, pa.Table]:
         """Images (N, C, H, W) float32 nanomaggies of one row group (a view of the Arrow
@@ -208,6 +231,37 @@ def load_images(index: StampIndex, rows: np.ndarray) -> np.ndarray:
     out = np.empty((len(rows), *parts[0].shape[1:]), dtype=np.float32)
     out[order] = np.concatenate(parts)
     return out
+
+
+def load_arc_images(index: StampIndex, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(arcs, has_arc)`` of the given global rows, in that order: the ``arc_image`` column
+    (what the injection added, (N, C, H, W) float32 nanomaggies), zeros where it is null
+    (controls) or absent from the row's file (stamps that predate it); ``has_arc`` says which rows
+    hold one."""
+    rows = np.asarray(rows, dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    parts, flags = [], []
+    for rg, local in index.groups_of(rows[order]):
+        if not index.file_has_column(rg, COL.arc_image):
+            images, _ = index.read_images(rg)
+            parts.append(np.zeros_like(images[local]))
+            flags.append(np.zeros(len(local), bool))
+            continue
+        table = index.read(rg, [COL.arc_image, COL.n_bands, COL.stamp_size]).take(pa.array(local))
+        valid = table.column(COL.arc_image).is_valid().to_numpy(zero_copy_only=False)
+        c, s = int(table.column(COL.n_bands)[0].as_py()), int(table.column(COL.stamp_size)[0].as_py())
+        arcs = np.zeros((len(local), c, s, s), np.float32)
+        if valid.any():
+            sub = table.filter(pa.array(valid))
+            arcs[valid] = decode_image_column(sub.column(COL.arc_image), sub.column(COL.n_bands).to_numpy(), sub.column(COL.stamp_size).to_numpy(), index.where(rg))
+        parts.append(arcs)
+        flags.append(valid)
+    if not parts:
+        raise ValueError("no rows to load")
+    out = np.empty((len(rows), *parts[0].shape[1:]), dtype=np.float32)
+    has = np.empty(len(rows), bool)
+    out[order], has[order] = np.concatenate(parts), np.concatenate(flags)
+    return out, has
 
 
 class StampDataset(torch.utils.data.IterableDataset):

@@ -6,7 +6,8 @@ what makes TPR at FPR 1e-4 honest: a model that saturates many negatives at scor
 vertical jump it deserves, not an optimistic staircase through the tie.
 
 ``roc_curve`` reproduces ``sklearn.metrics.roc_curve(labels, scores, drop_intermediate=False)``
-(checked in tests/trainer); sklearn is not imported here.
+(checked in tests/trainer); sklearn is not imported here. :func:`auroc` is
+:func:`dhs_spark.gates.auroc`, the one AUROC that every gate and report uses.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from dhs_spark.gates import auroc_labels
 
 # Default completeness bins (upper edge open-ended where inf): Einstein radius in arcsec
 # (DESIGN §3 prior 0.5-3"), arc SNR summed over bands and pixels, and r-band PSF FWHM in arcsec.
@@ -64,9 +67,13 @@ def roc_curve(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def auroc(labels, scores) -> float:
-    """Area under the ROC (trapezoid over tie points, i.e. ties count one half)."""
-    fpr, tpr, _ = roc_curve(labels, scores)
-    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2.0))
+    """Area under the ROC, ties counting one half: :func:`dhs_spark.gates.auroc_labels` (the one
+    AUROC of the project, equal to the trapezoid over this module's tie points) after this
+    module's checks of labels and scores. Raises if either class is absent."""
+    y, s = _check(labels, scores)
+    if y.all() or not y.any():
+        raise ValueError(f"AUROC needs both classes: {int(y.sum())} positives, {int((y == 0).sum())} negatives")
+    return auroc_labels(y, s)
 
 
 def tpr_at_fpr(labels, scores, fpr: float) -> float:

@@ -17,6 +17,10 @@ and ``best.safetensors`` (best validation metric), and ``metrics.json`` rewritte
 epoch: per-epoch metrics, the hard-negative join report, and at the end the best model's
 validation and test reports and the model-level gates (:mod:`trainer.gates`).
 
+Null injections (``is_null_injection``) are left out of training and of the validation and test
+metrics unless ``data.null_injections_in_training``; the null-injection gate scores those of
+the held-out splits against their controls.
+
 Same seed on CPU -> same metrics (row-group order, shuffling and augmentation are seeded by
 the global seed and the epoch; torch runs with deterministic algorithms).
 """
@@ -40,7 +44,7 @@ from dhs_spark.config.experiment import ExperimentConfig, from_dict, from_yaml, 
 from dhs_spark.config.seeds import rng_from_seed, set_all_seeds, stable_hash64
 from dhs_spark.errors import ConfigError, ConfigErrors
 from trainer.checkpoint import load_checkpoint, save_checkpoint
-from trainer.data import COL, TRUTH_COLUMNS, StampDataset, StampIndex, load_images, make_loader
+from trainer.data import COL, GATE_TRUTH_COLUMNS, TRUTH_COLUMNS, StampDataset, StampIndex, load_arc_images, load_images, make_loader
 from trainer.hardneg_join import join_hard_negatives, load_lookup
 from trainer.metrics import classification_report
 from trainer.models import build_model
@@ -254,15 +258,35 @@ def flat_metrics(prefix: str, report: dict) -> dict:
 # ---------------------------------------------------------------- the run
 
 
-def _gate_sample(index: StampIndex, rows: np.ndarray, n_max: int, seed: int, split: str) -> dict:
-    """Up to ``n_max`` rows of a split (seeded choice), raw images and truth columns."""
+def _choose(rows: np.ndarray, n_max: int, seed: int, what: str) -> np.ndarray:
+    """Up to ``n_max`` of ``rows`` (seeded choice), sorted."""
     if len(rows) > n_max:
-        rows = np.sort(rng_from_seed(stable_hash64("gates", seed, split)).choice(rows, n_max, replace=False))
+        rows = np.sort(rng_from_seed(stable_hash64("gates", seed, what)).choice(rows, n_max, replace=False))
+    return rows
+
+
+def _gate_sample(index: StampIndex, rows: np.ndarray, n_max: int, seed: int, split: str, arcs: bool = False) -> dict:
+    """Up to ``n_max`` rows of a split (seeded choice), raw images and truth columns; with
+    ``arcs`` also ``arc_images`` and ``has_arc`` (:func:`trainer.data.load_arc_images`)."""
+    rows = _choose(rows, n_max, seed, split)
     nan = np.full(len(rows), np.nan)
     out = {"rows": rows, "images": load_images(index, rows), "label": index.meta[COL.label][rows]}
-    for c in (COL.ra, COL.dec, *TRUTH_COLUMNS):
+    for c in (COL.ra, COL.dec, *TRUTH_COLUMNS, *GATE_TRUTH_COLUMNS):
         out[c] = index.meta[c][rows].astype(np.float64) if c in index.meta else nan
+    if arcs:
+        out["arc_images"], out["has_arc"] = load_arc_images(index, rows)
     return out
+
+
+def _null_sample(index: StampIndex, n_max: int, seed: int) -> dict:
+    """Null injections and controls (label 0, not null) of the held-out splits (val, test), up
+    to ``n_max`` of each (seeded choice), for the null-injection gate."""
+    held = np.sort(np.concatenate([index.rows("val"), index.rows("test")]))
+    null = index.is_null_injection[held]
+    nulls = _choose(held[null], n_max, seed, "null-injections")
+    controls = _choose(held[~null & (index.meta[COL.label][held] == 0)], n_max, seed, "null-controls")
+    empty = np.zeros((0, 0, 0, 0), np.float32)
+    return {"null_images": load_images(index, nulls) if len(nulls) else empty, "control_images": load_images(index, controls) if len(controls) else empty}
 
 
 def json_safe(obj):
@@ -302,7 +326,9 @@ def fit(cfg: ExperimentConfig, data: str, resume: str | None = None, run_gates: 
     seed = cfg.seeds.global_seed
 
     index = StampIndex.scan(data)
-    train_rows, val_rows, test_rows = index.rows("train"), index.rows("val"), index.rows("test")
+    # Null injections are a separate evaluation subset (the null gate) unless the config trains on them.
+    with_null = cfg.data.null_injections_in_training
+    train_rows, val_rows, test_rows = (index.rows(s, null_injections=with_null) for s in ("train", "val", "test"))
     for name, rows in (("train", train_rows), ("val", val_rows)):
         if len(rows) == 0:
             raise ValueError(f"{data}: the {name} split is empty")
@@ -356,7 +382,9 @@ def fit(cfg: ExperimentConfig, data: str, resume: str | None = None, run_gates: 
     metrics = {
         "config": cfg.to_dict(),
         "git": git,
-        "data": {"path": str(data), "n_train": int(len(train_rows)), "n_val": int(len(val_rows)), "n_test": int(len(test_rows))},
+        "data": {"path": str(data), "n_train": int(len(train_rows)), "n_val": int(len(val_rows)), "n_test": int(len(test_rows)),
+                 "n_null_injections": {s: int(index.is_null_injection[index.rows(s)].sum()) for s in ("train", "val", "test")},
+                 "null_injections_in_training": bool(with_null)},  # fmt: skip
         "device": str(device),
         "amp_dtype": str(amp_dtype) if amp_dtype else None,
         "hard_negatives": hardneg_report,
@@ -413,10 +441,12 @@ def fit(cfg: ExperimentConfig, data: str, resume: str | None = None, run_gates: 
     if run_gates:
         n_max = cfg.evaluation.gate_max_stamps
         score_fn = make_score_fn(model, pre, device, t.batch_size)
+        no_null = ~index.is_null_injection
         metrics["gates"] = gates(
             score_fn,
-            _gate_sample(index, val_rows, n_max, seed, "val"),
-            _gate_sample(index, train_rows, n_max, seed, "train"),
+            _gate_sample(index, val_rows[no_null[val_rows]], n_max, seed, "val", arcs=True),
+            _gate_sample(index, train_rows[no_null[train_rows]], n_max, seed, "train"),
+            _null_sample(index, n_max, seed),
             pre,
             cfg.evaluation,
             cfg.data.pixel_scale_arcsec,

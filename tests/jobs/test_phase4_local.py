@@ -221,15 +221,23 @@ def test_rerun_replaces_and_resume_skips(spark, survey, sersic):
     assert json.loads((exp / "phase4c_stamps" / P.COMPLETE_MARKER).read_text())["run_id"] == second["run_id"], "--resume skipped"
 
 
-def test_a_run_where_every_row_rejects_still_reconciles(spark, survey, sersic, tmp_path):
-    """No brick anywhere: every manifest row is a reject, stamps/ exists and is empty, 4c commits."""
+def test_a_run_where_every_row_rejects_reconciles_and_fails_the_gates(spark, survey, sersic, tmp_path):
+    """No brick anywhere (a mistyped --coadd-root): every manifest row is a reject, stamps/ exists
+    and is empty, 4c commits; 4d then exits 1 on the reject-rate gate, naming the reason."""
     out = tmp_path / "allrej"
     shutil.copytree(sersic["exp"] / "phase4a_manifest", out / "t6" / "phase4a_manifest")
     inputs = [*survey["inputs"][:-1], str(tmp_path / "no_survey")]
-    assert main(["--stage", "4c", "--output", str(out), "--experiment-id", "t6", *COMMON, *inputs, "--source-mode", "sersic"], spark=spark) == 0
+    run = ["--output", str(out), "--experiment-id", "t6", *COMMON, *inputs, "--source-mode", "sersic"]
+    assert main(["--stage", "4c", *run], spark=spark) == 0
     marker = json.loads((out / "t6" / "phase4c_stamps" / P.COMPLETE_MARKER).read_text())
     assert marker["n_stamps"] == 0 and marker["n_rejects"] == len(sersic["manifest"]) and set(marker["reject_reasons"]) == {"missing_band"}
     assert not [p for p in (out / "t6" / "phase4c_stamps" / "stamps").rglob("*") if p.is_file() and not p.name.startswith(".")]
+    assert main(["--stage", "4d", *run], spark=spark) == 1, "a run that wrote no stamp must fail"
+    gates = json.loads((out / "t6" / "phase4d_gates" / "gates.json").read_text())
+    reject = gates["gates"]["gates"]["reject_rate"]
+    assert not gates["passed"] and reject["pass"] is False and reject["value"] == 1.0
+    assert "no stamp was written" in reject["reason"] and f"missing_band ({len(sersic['manifest'])})" in reject["reason"]
+    assert gates["counts"]["reconciled"], "the rows still reconcile: the failure is the reject rate"
 
 
 @pytest.fixture(scope="module")

@@ -87,3 +87,16 @@ def test_bad_inputs_raise():
         roc_curve([0, 1], [np.nan, 0.2])
     with pytest.raises(ValueError, match="labels must be 0 or 1"):
         roc_curve([0, 2], [0.1, 0.2])
+
+
+def test_auroc_is_the_one_project_auroc_and_needs_both_classes():
+    from dhs_spark.gates import auroc as gates_auroc
+
+    labels, scores = tied_scores(2000, 7, seed=13)
+    assert auroc(labels, scores) == gates_auroc(scores[labels == 1], scores[labels == 0])
+    f, t, _ = roc_curve(labels, scores)  # and the trapezoid over this module's tie points
+    assert auroc(labels, scores) == pytest.approx(float(np.sum(np.diff(f) * (t[1:] + t[:-1]) / 2.0)), abs=1e-12)
+    with pytest.raises(ValueError, match="both classes"):
+        auroc(np.ones(5), np.arange(5.0))
+    with pytest.raises(ValueError, match="non-finite"):
+        auroc([0, 1], [0.5, np.nan])
