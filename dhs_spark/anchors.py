@@ -27,9 +27,25 @@ arcs are visible. The measure, per stamp (C, H, W) in nanomaggies at 0.262"/pix:
    (it is absorbed by the host model: a stated limitation). Pure noise gives the maximum of 8
    standard normals (mean ~1.4); ``arc_snr >= 5`` (:data:`ARC_VISIBLE_SNR`) is "visible".
 
+Training geometry: a model trained on N-px stamps is scored on N-px stamps. Cutouts (101 px
+from the services) are cropped about their centre pixel to the checkpoint's ``data.stamp_size``
+(:func:`crop_centre`, :func:`checkpoint_stamp_size`) before scoring and before the arc SNR is
+measured; the preprocessing's normalisation annulus scales with the stamp, so an uncropped
+cutout would be scored on different pixels than the model was trained on.
+
+Grades and gates: the catalogue ``grade`` (confirmed; lenscat confident / probable; Stein et al.
+A / B) is kept in every output. The gates (:func:`anchor_gates`, each a
+:class:`dhs_spark.gates.Gate` with a bootstrap interval) hold recall to ``anchor_min_recovery``
+on all lenses, on the lenses with a visible arc (arc SNR >= 5 on the scored crop) and on the top
+grade (:data:`TOP_GRADES`), plus contamination, separation and AUROC. A lenscat compilation is
+mostly "probable" candidates and spectroscopic lenses mostly have no visible arc, so recall on
+everything alone says little; the two subsets say whether the model finds lenses a person
+would accept from the image.
+
 Outputs of :func:`run_anchor_baseline`: ``anchor_metrics.json``, ``anchor_report.md``,
-``anchor_scores.parquet`` and PNGs (score histograms; galleries of the top-scoring hard
-negatives and the lowest-scoring lenses where cutouts are available).
+``anchor_scores.parquet`` (with ``grade``, ``top_grade``, ``arc_snr``) and PNGs (score
+histograms; galleries of the top-scoring hard negatives and the lowest-scoring lenses where
+cutouts are available).
 """
 
 from __future__ import annotations
@@ -44,7 +60,9 @@ from typing import Optional
 import numpy as np
 
 from dhs_spark.config.experiment import EvaluationConfig
+from dhs_spark.config.seeds import rng_from_seed
 from dhs_spark.errors import InputDataError, RejectError
+from dhs_spark.gates import Gate, auroc, auroc_interval, bootstrap_interval, judge, summarise
 
 log = logging.getLogger(__name__)
 
@@ -121,33 +139,6 @@ def _check_scores(scores, name: str) -> np.ndarray:
     return arr
 
 
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks of ``values`` with ties given their average rank (as scipy's rankdata)."""
-    values = np.asarray(values)
-    order = np.argsort(values, kind="mergesort")
-    sorted_vals = values[order]
-    new_group = np.concatenate([[True], sorted_vals[1:] != sorted_vals[:-1]])
-    group = np.cumsum(new_group) - 1
-    starts = np.flatnonzero(new_group)
-    ends = np.concatenate([starts[1:], [len(values)]])
-    avg = (starts + 1 + ends) / 2.0  # mean of ranks start+1 .. end
-    ranks = np.empty(len(values), dtype=np.float64)
-    ranks[order] = avg[group]
-    return ranks
-
-
-def auroc(pos_scores, neg_scores) -> float:
-    """Area under the ROC curve of positives vs negatives, ties counting one half
-    (Mann-Whitney U / (n_pos n_neg)); NaN when either set is empty."""
-    pos = np.asarray(pos_scores, dtype=np.float64).ravel()
-    neg = np.asarray(neg_scores, dtype=np.float64).ravel()
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    ranks = average_ranks(np.concatenate([pos, neg]))
-    u = ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2.0
-    return float(u / (len(pos) * len(neg)))
-
-
 def resolve_criteria(criteria=None) -> dict:
     """Gate thresholds from ``None`` (EvaluationConfig defaults), an EvaluationConfig, or a dict
     keyed by gate_criteria names or EvaluationConfig field names. Unknown keys raise."""
@@ -200,8 +191,6 @@ def bootstrap_ci(lens_scores, hardneg_scores, criteria=None, n_bootstrap: int = 
     times, from ``rng_from_seed(seed)``: the same seed gives the same intervals. Returns
     ``{metric: [low, high]}`` plus ``n_bootstrap``, ``confidence`` and ``seed``.
     """
-    from dhs_spark.config.seeds import rng_from_seed
-
     lens = _check_scores(lens_scores, "lens_scores")
     neg = _check_scores(hardneg_scores, "hardneg_scores")
     thr = resolve_criteria(criteria)["score_threshold"]
@@ -254,27 +243,34 @@ def host_shape(image_chw: np.ndarray, window_pix: float = 4.0) -> tuple[float, f
     return min(q, 1.0), float(np.arctan2(evecs[1, 1], evecs[0, 1]))
 
 
-def host_model(band_image: np.ndarray, q: float = 1.0, pa_rad: float = 0.0, clip_sigma: float = 3.0) -> np.ndarray:
+def host_model(band_image: np.ndarray, q: float = 1.0, pa_rad: float = 0.0, clip_sigma: float = 3.0,
+               clip_image: Optional[np.ndarray] = None) -> np.ndarray:
     """Smooth host model of one band (H, W) on elliptical rings (axis ratio ``q``, major axis at
     ``pa_rad``): per 1-pixel ring of elliptical radius, the 3-sigma-clipped median, interpolated
     to each pixel's exact elliptical radius, plus a cos/sin(2 phi) harmonic per ring fitted to
-    the clipped values (absorbs ellipticity that changes with radius)."""
+    the clipped values (absorbs ellipticity that changes with radius).
+
+    ``clip_image``: optional (H, W) image whose ring values decide which pixels are clipped
+    (default: ``band_image`` itself). Passing the same band-stacked image for every band makes
+    all bands use the same pixels, so that the model absorbs the same fraction of an arc in each
+    band and the arc's colour survives the subtraction (``dhs_spark.realism.measure_arc``)."""
     dx, dy, _, phi = _ring_geometry(band_image.shape)
     xr = dx * np.cos(pa_rad) + dy * np.sin(pa_rad)
     yr = -dx * np.sin(pa_rad) + dy * np.cos(pa_rad)
     r_ell = np.sqrt(q * xr**2 + yr**2 / q)  # conserves area: ring areas as for circles
     flat_img, flat_r, flat_phi = band_image.ravel().astype(np.float64), r_ell.ravel(), phi.ravel()
+    flat_clip = flat_img if clip_image is None else np.asarray(clip_image, dtype=np.float64).ravel()
     ring = np.floor(flat_r + 0.5).astype(np.int64)
     order = np.argsort(ring, kind="stable")
     groups = np.split(order, np.flatnonzero(np.diff(ring[order])) + 1)
     radii, medians, keeps = [], [], []
     for idx in groups:
-        vals = flat_img[idx]
+        vals = flat_clip[idx]
         med = np.median(vals)
         mad = 1.4826 * np.median(np.abs(vals - med))
         keep = np.abs(vals - med) <= clip_sigma * mad if mad > 0 else np.ones(len(idx), bool)
         radii.append(flat_r[idx][keep].mean())
-        medians.append(np.median(vals[keep]))
+        medians.append(np.median(flat_img[idx][keep]))
         keeps.append(keep)
     profile = np.interp(flat_r, np.array(radii), np.array(medians))
     out = profile.copy()
@@ -291,18 +287,44 @@ def host_model(band_image: np.ndarray, q: float = 1.0, pa_rad: float = 0.0, clip
 class ArcVisibility:
     """Arc-visibility measurement of one stamp: ``arc_snr`` (largest sector SNR), the sector
     holding it (0..7, sector k spans phi in [k, k+1) x 45 deg counter-clockwise from +x), the
-    annulus used (arcsec) and the per-band noise sigma (nanomaggies; median when from invvar)."""
+    annulus used (arcsec), the per-band noise sigma (nanomaggies; median when from invvar) and
+    every sector's SNR (``sector_snr``, -inf for a sector without a valid pixel)."""
 
     arc_snr: float
     best_sector: int
     annulus_arcsec: tuple[float, float]
     sigma_nmgy: tuple[float, ...]
     noise_from: str
+    sector_snr: tuple[float, ...] = ()
 
 
-def arc_visibility_snr(image_chw, invvar_chw=None, theta_e_arcsec: Optional[float] = None,
-                       pixel_scale_arcsec: float = PIXEL_SCALE_ARCSEC) -> ArcVisibility:
-    """Arc SNR of a stamp (C, H, W) in nanomaggies centred on the lens (module docstring)."""
+@dataclass(frozen=True, eq=False)
+class ArcResidual:
+    """The pieces of the arc-visibility measure (module docstring, steps 1-4) that other
+    measurements reuse (``dhs_spark.realism.measure_arc``): all arrays (C, H, W) or (H, W).
+
+    ``residual``: image - host model (nanomaggies); ``ivar``: per-pixel inverse variance used
+    (1/nmgy^2; 0 where unusable); ``annulus``: pixel mask of the annulus with usable noise;
+    ``sector``: sector index 0..7 of every pixel; ``host_q``, ``host_pa_rad``: the host shape
+    of the elliptical rings; ``visibility``: the :class:`ArcVisibility` result.
+    """
+
+    residual: np.ndarray
+    ivar: np.ndarray
+    annulus: np.ndarray
+    sector: np.ndarray
+    r_arcsec: np.ndarray
+    host_q: float
+    host_pa_rad: float
+    visibility: ArcVisibility
+
+
+def arc_residual(image_chw, invvar_chw=None, theta_e_arcsec: Optional[float] = None,
+                 pixel_scale_arcsec: float = PIXEL_SCALE_ARCSEC) -> ArcResidual:
+    """Host-subtracted residual, noise and sector SNRs of a stamp (C, N, N) in nanomaggies
+    centred on the lens (module docstring, steps 1-4). ``invvar_chw``: (C, N, N) 1/nmgy^2 or
+    None (MAD noise outside the annulus). ``theta_e_arcsec``: annulus theta_E +- 0.8" when
+    finite and > 0, else 0.8"-3.0"."""
     img = np.asarray(image_chw, dtype=np.float64)
     if img.ndim != 3 or img.shape[1] != img.shape[2]:
         raise InputDataError(f"arc_visibility_snr: image must be (C, N, N), got shape {img.shape}")
@@ -343,8 +365,16 @@ def arc_visibility_snr(image_chw, invvar_chw=None, theta_e_arcsec: Optional[floa
         if sel.sum() > 0:
             snrs[k] = snr_map[sel].sum() / np.sqrt(sel.sum())
     best = int(np.argmax(snrs))
-    return ArcVisibility(arc_snr=float(snrs[best]), best_sector=best, annulus_arcsec=(float(r_in), float(r_out)),
-                         sigma_nmgy=sigmas, noise_from=noise_from)
+    vis = ArcVisibility(arc_snr=float(snrs[best]), best_sector=best, annulus_arcsec=(float(r_in), float(r_out)),
+                        sigma_nmgy=sigmas, noise_from=noise_from, sector_snr=tuple(float(s) for s in snrs))
+    return ArcResidual(residual=resid, ivar=np.asarray(ivar), annulus=valid, sector=sector, r_arcsec=r_arcsec, host_q=q,
+                       host_pa_rad=pa, visibility=vis)
+
+
+def arc_visibility_snr(image_chw, invvar_chw=None, theta_e_arcsec: Optional[float] = None,
+                       pixel_scale_arcsec: float = PIXEL_SCALE_ARCSEC) -> ArcVisibility:
+    """Arc SNR of a stamp (C, H, W) in nanomaggies centred on the lens (module docstring)."""
+    return arc_residual(image_chw, invvar_chw, theta_e_arcsec, pixel_scale_arcsec).visibility
 
 
 # --------------------------------------------------------------------------------------------
@@ -503,21 +533,142 @@ def _histograms(lens_scores, neg_scores, threshold: float, path: Path) -> None:
     plt.close(fig)
 
 
+# --------------------------------------------------------------------------------------------
+# Training geometry, grades and gates
+# --------------------------------------------------------------------------------------------
+def checkpoint_stamp_size(checkpoint_path) -> int:
+    """The stamp size (pixels, H = W) a checkpoint was trained on: ``data.stamp_size`` of the
+    experiment config that ``dhs-train`` stores in every checkpoint (``trainer.checkpoint``)."""
+    from trainer.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint_path)
+    try:
+        size = int(ckpt["config"]["data"]["stamp_size"])
+    except (KeyError, TypeError, ValueError):
+        raise InputDataError(f"{checkpoint_path}: checkpoint config lacks data.stamp_size") from None
+    if size < 1:
+        raise InputDataError(f"{checkpoint_path}: checkpoint data.stamp_size is {size}")
+    return size
+
+
+def crop_centre(image_chw: np.ndarray, size: int, invvar_chw: Optional[np.ndarray] = None):
+    """``(image, invvar)`` cropped to ``size`` x ``size`` about the centre pixel: input pixel
+    (N//2, N//2) lands on output pixel (size//2, size//2), where the stamps put the host
+    (dhs_spark.schema). A crop, never a resampling: resizing would change the pixel scale the
+    model was trained at (0.262"/pix) and every arc's width in pixels. A cutout smaller than
+    ``size`` raises RejectError('cutout_too_small'); one of exactly ``size`` is returned as is."""
+    n = image_chw.shape[-1]
+    if image_chw.shape[-2] != n:
+        raise RejectError("bad_cutout", f"cutout shape {image_chw.shape} is not square")
+    if n < size:
+        raise RejectError("cutout_too_small", f"cutout is {n} px, the model takes {size} px")
+    lo = n // 2 - size // 2
+    window = (slice(None), slice(lo, lo + size), slice(lo, lo + size))
+    return image_chw[window], None if invvar_chw is None else invvar_chw[window]
+
+
+# The most secure grade of each lens catalogue (dhs_spark.catalogs.common, ``grade``):
+# spectroscopically confirmed lenses (SLACS, BELLS, S4TM), lenscat's "confident" DESI candidates
+# (Huang et al. 2020, 2021 grading), and Stein et al. 2021's grade A.
+TOP_GRADES = ("confirmed", "confident", "A")
+
+
+def is_top_grade(grades) -> np.ndarray:
+    """Bool per grade string: True for :data:`TOP_GRADES` (case-insensitive, whitespace ignored)."""
+    top = {g.lower() for g in TOP_GRADES}
+    return np.array([str(g).strip().lower() in top for g in grades], dtype=bool)
+
+
+def _recall_gate(name: str, scores: np.ndarray, threshold_score: float, min_recall: float, n_bootstrap: int, seed: int,
+                 subset: str, missing: str) -> Gate:
+    recall = float((scores >= threshold_score).mean()) if len(scores) else float("nan")
+    interval = bootstrap_interval(lambda idx: float((scores[idx] >= threshold_score).mean()), len(scores), n_bootstrap, seed) if len(scores) else None
+    return judge(name, recall, min_recall, "min", reason_if_missing=missing, interval=interval,
+                 meaning=f"fraction of {subset} scoring >= {threshold_score}; a failure means the model misses real lenses of this kind",
+                 details={"n": int(len(scores)), "n_recovered": int((scores >= threshold_score).sum())})
+
+
+def anchor_gates(lens_scores, neg_scores, visible_scores, top_grade_scores, criteria=None, n_bootstrap: int = 1000, seed: int = 42,
+                 arc_snr_min: float = ARC_VISIBLE_SNR) -> list[Gate]:
+    """The anchor gates (:class:`dhs_spark.gates.Gate`), each with a percentile bootstrap interval:
+
+    - ``anchor_recall_all``, ``anchor_recall_visible_arcs`` (lenses with arc SNR >=
+      ``arc_snr_min`` on the scored cutout), ``anchor_recall_top_grade`` (:data:`TOP_GRADES`):
+      recall at the score threshold >= ``min_recovery``;
+    - ``anchor_contamination``: hard negatives scoring >= the threshold, <= ``max_contamination``;
+    - ``anchor_score_separation``: median lens - median hard-negative score >= ``min_separation``;
+    - ``anchor_auroc``: lenses against hard negatives >= ``min_auroc``.
+
+    An empty set gives ``passed=None`` with the reason (what is missing and how to supply it).
+    """
+    c = resolve_criteria(criteria)
+    thr = c["score_threshold"]
+    lens, neg = _check_scores(lens_scores, "lens_scores"), _check_scores(neg_scores, "hardneg_scores")
+    vis, top = _check_scores(visible_scores, "visible_scores"), _check_scores(top_grade_scores, "top_grade_scores")
+    no_cutout = "needs lens cutouts: run with --cutout-dir, --coadd-root or --cutout-service-url"
+    gates = [
+        _recall_gate("anchor_recall_all", lens, thr, c["min_recovery"], n_bootstrap, seed, "all scored known lenses",
+                     "no known lens was scored: check the known-lens catalogue and the cutout source (anchor_rejects.csv)"),
+        _recall_gate("anchor_recall_visible_arcs", vis, thr, c["min_recovery"], n_bootstrap, seed + 1,
+                     f"known lenses whose arc SNR >= {arc_snr_min}",
+                     f"no scored lens has a measured arc SNR >= {arc_snr_min}; arc visibility {no_cutout}, and most spectroscopic "
+                     "lenses' arcs are invisible in DR10: add DESI lenscat candidates"),
+        _recall_gate("anchor_recall_top_grade", top, thr, c["min_recovery"], n_bootstrap, seed + 2,
+                     f"known lenses of the top grade ({', '.join(TOP_GRADES)})",
+                     f"no scored lens has a top grade ({', '.join(TOP_GRADES)}); the catalogue's 'grade' column is missing or holds none"),
+    ]
+    contamination = float((neg >= thr).mean()) if len(neg) else float("nan")
+    gates.append(judge(
+        "anchor_contamination", contamination, c["max_contamination"], "max",
+        reason_if_missing=f"no hard negative was scored: hard negatives {no_cutout} (or a --scores file that covers them)",
+        interval=bootstrap_interval(lambda idx: float((neg[idx] >= thr).mean()), len(neg), n_bootstrap, seed + 3) if len(neg) else None,
+        meaning=f"fraction of real look-alikes (rings, mergers, ...) scoring >= {thr}; a failure means real false positives swamp real lenses",
+        details={"n": int(len(neg)), "n_contaminated": int((neg >= thr).sum())}))
+    both = len(lens) and len(neg)
+    missing_pair = "needs scored lenses and scored hard negatives; see anchor_contamination and anchor_recall_all"
+    sep = float(np.median(lens) - np.median(neg)) if both else float("nan")
+    rng = rng_from_seed(seed + 4)
+    sep_samples = [float(np.median(lens[rng.integers(0, len(lens), len(lens))]) - np.median(neg[rng.integers(0, len(neg), len(neg))]))
+                   for _ in range(n_bootstrap)] if both else []
+    sep_interval = (float(np.quantile(sep_samples, 0.025)), float(np.quantile(sep_samples, 0.975))) if both else None
+    gates.append(judge("anchor_score_separation", sep, c["min_separation"], "min", reason_if_missing=missing_pair, interval=sep_interval,
+                       meaning="median lens score - median hard-negative score; a failure means the model barely ranks real lenses above look-alikes"))
+    gates.append(judge("anchor_auroc", auroc(lens, neg), c["min_auroc"], "min", reason_if_missing=missing_pair,
+                       interval=auroc_interval(lens, neg, n_bootstrap, seed + 5) if both else None,
+                       meaning="AUROC of real lenses against real hard negatives; a failure means the ranking does not separate them"))
+    return gates
+
+
 def run_anchor_baseline(known_lens_path, hard_neg_path, output_dir, scores_path=None, checkpoint_path=None, device: str = "cpu",
                         cutouts=None, evaluation: Optional[EvaluationConfig] = None, seed: int = 42,
-                        arc_snr_min: float = ARC_VISIBLE_SNR) -> dict:
+                        arc_snr_min: float = ARC_VISIBLE_SNR, stamp_size: Optional[int] = None) -> dict:
     """The anchor baseline: scores (from ``scores_path``, or ``checkpoint_path`` scored on
-    ``cutouts``), metrics with the gate, per-catalogue breakdown, the arc-visible subset (needs
-    cutouts), bootstrap intervals, and the JSON/markdown/PNG report in ``output_dir``.
+    ``cutouts``), metrics, the gates of :func:`anchor_gates` on all lenses, the arc-visible
+    subset and the top grade, per-catalogue and per-grade breakdowns, bootstrap intervals, and
+    the JSON/markdown/PNG report in ``output_dir``.
+
     ``cutouts``: an object with ``get(ra, dec) -> (image CHW nmgy, invvar CHW or None)``
     (:class:`NpzCutoutDirectory`, :class:`CoaddCutouts`, :class:`ServiceCutouts`) or None.
-    Objects without a cutout or a score are listed as rejects with a reason, never dropped silently."""
+    Every cutout is cropped about its centre (:func:`crop_centre`) to the training geometry:
+    ``stamp_size`` when given, else the checkpoint's ``data.stamp_size``
+    (:func:`checkpoint_stamp_size`); with a scores file and no ``stamp_size`` the cutouts are
+    used as they come. Arc SNRs are measured on the same crop. Objects without a cutout or a
+    score are listed as rejects with a reason, never dropped silently.
+
+    The report's ``gates`` is :func:`dhs_spark.gates.summarise` of the anchor gates;
+    ``anchor_gate_passed`` is True only when every gate was computed and passed.
+    """
     import pandas as pd
 
     if (scores_path is None) == (checkpoint_path is None):
         raise InputDataError("anchors: give exactly one of a scores file and a checkpoint")
     if checkpoint_path is not None and cutouts is None:
         raise InputDataError("anchors: scoring a checkpoint needs cutouts (--cutout-dir, --coadd-root or --cutout-service-url)")
+    if checkpoint_path is not None:
+        trained = checkpoint_stamp_size(checkpoint_path)
+        if stamp_size is not None and int(stamp_size) != trained:
+            raise InputDataError(f"anchors: stamp_size {stamp_size} differs from the {trained} px the checkpoint {checkpoint_path} was trained on")
+        stamp_size = trained
     ev = evaluation or EvaluationConfig()
     out_dir = Path(output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -525,16 +676,18 @@ def run_anchor_baseline(known_lens_path, hard_neg_path, output_dir, scores_path=
     negs, neg_file = read_anchor_table(hard_neg_path, "hard_negatives_merged.parquet", "hard negatives")
     table = pd.concat([lenses.assign(label=1), negs.assign(label=0)], ignore_index=True)
     table["key"] = np.arange(len(table))
-    for col, default in (("catalogue", ""), ("theta_e_arcsec", np.nan), ("hardneg_type", "")):
+    for col, default in (("catalogue", ""), ("theta_e_arcsec", np.nan), ("hardneg_type", ""), ("grade", "")):
         if col not in table.columns:
             table[col] = default
+    table["grade"] = table["grade"].fillna("").astype(str)
+    table["top_grade"] = is_top_grade(table["grade"]) & (table["label"] == 1)
 
     images, rejects = {}, []
     if cutouts is not None:
         for row in table.itertuples():
             try:
                 img, ivar = cutouts.get(float(row.ra), float(row.dec))
-                images[row.key] = (img, ivar)
+                images[row.key] = crop_centre(img, int(stamp_size), ivar) if stamp_size is not None else (img, ivar)
             except RejectError as exc:
                 rejects.append({"name": row.name, "label": row.label, "reason": exc.reason, "detail": exc.detail})
     if scores_path is not None:
@@ -543,7 +696,7 @@ def run_anchor_baseline(known_lens_path, hard_neg_path, output_dir, scores_path=
         from trainer.score import score_images
 
         keys = sorted(images)
-        batch = np.stack([images[k][0] for k in keys]).astype(np.float32) if keys else np.zeros((0, 3, CUTOUT_SIZE, CUTOUT_SIZE), np.float32)
+        batch = np.stack([images[k][0] for k in keys]).astype(np.float32) if keys else np.zeros((0, 3, stamp_size, stamp_size), np.float32)
         scored = np.asarray(score_images(str(checkpoint_path), batch, device=device), dtype=np.float64) if keys else np.zeros(0)
         table["score"] = table["key"].map(dict(zip(keys, scored))).astype(np.float64)
     for row in table[table["score"].isna()].itertuples():
@@ -567,6 +720,11 @@ def run_anchor_baseline(known_lens_path, hard_neg_path, output_dir, scores_path=
     for cat in sorted({c for cs in lens_rows["catalogue"].astype(str) for c in cs.split("|") if c}):
         sel = lens_rows["catalogue"].astype(str).str.split("|").map(lambda cs, c=cat: c in cs)
         per_catalogue[cat] = compute_anchor_metrics(lens_rows.loc[sel, "score"].to_numpy(), neg_s, ev).to_dict()
+    per_grade = {}
+    for grade in sorted(set(lens_rows["grade"])):
+        s = lens_rows.loc[lens_rows["grade"] == grade, "score"].to_numpy()
+        per_grade[grade or "(none)"] = {"n": len(s), "n_recovered": int((s >= ev.score_threshold).sum()),
+                                        "recovery_rate": float((s >= ev.score_threshold).mean()), "top_grade": bool(is_top_grade([grade])[0])}
     per_hardneg_type = {}
     neg_rows = scored[scored["label"] == 0]
     for t in sorted(set(neg_rows["hardneg_type"].astype(str)) - {""}):
@@ -574,17 +732,25 @@ def run_anchor_baseline(known_lens_path, hard_neg_path, output_dir, scores_path=
         per_hardneg_type[t] = {"n": len(s), "n_contaminated": int((s >= ev.score_threshold).sum()),
                                "contamination_rate": float((s >= ev.score_threshold).mean())}
     visible = lens_rows[lens_rows["arc_snr"] >= arc_snr_min]
+    top = lens_rows[lens_rows["top_grade"]]
     visible_block = {"arc_snr_min": arc_snr_min, "n_lenses_with_cutout": int(lens_rows["arc_snr"].notna().sum()),
                      "n_visible": len(visible),
                      "metrics": compute_anchor_metrics(visible["score"].to_numpy(), neg_s, ev).to_dict() if len(visible) else None}
+    top_block = {"grades": list(TOP_GRADES), "n": len(top),
+                 "metrics": compute_anchor_metrics(top["score"].to_numpy(), neg_s, ev).to_dict() if len(top) else None}
     ci = bootstrap_ci(lens_s, neg_s, ev, n_bootstrap=ev.n_bootstrap, seed=seed) if len(lens_s) and len(neg_s) else {}
+    gates = anchor_gates(lens_s, neg_s, visible["score"].to_numpy(), top["score"].to_numpy(), ev, ev.n_bootstrap, seed, arc_snr_min)
+    gate_summary = summarise(gates)
 
     report = {"metrics": metrics.to_dict(), "criteria_passed": metrics.criteria_passed(), "bootstrap_ci": ci,
-              "per_catalogue": per_catalogue, "per_hardneg_type": per_hardneg_type, "arc_visible": visible_block,
+              "gates": gate_summary, "anchor_gate_passed": bool(gate_summary["all_passed"] and not gate_summary["not_computable"]),
+              "per_catalogue": per_catalogue, "per_grade": per_grade, "per_hardneg_type": per_hardneg_type, "arc_visible": visible_block,
+              "top_grade": top_block,
               "inputs": {"known_lenses": str(lens_file), "hard_negatives": str(neg_file), "scores": str(scores_path) if scores_path else None,
-                         "checkpoint": str(checkpoint_path) if checkpoint_path else None, "n_rows": len(table)},
+                         "checkpoint": str(checkpoint_path) if checkpoint_path else None, "n_rows": len(table),
+                         "stamp_size": int(stamp_size) if stamp_size is not None else None},
               "rejects": {"n": len(rejects), "by_reason": pd.Series([r["reason"] for r in rejects], dtype=object).value_counts().to_dict()}}
-    cols = ["name", "ra", "dec", "label", "catalogue", "hardneg_type", "score", "arc_snr"]
+    cols = ["name", "ra", "dec", "label", "catalogue", "grade", "top_grade", "hardneg_type", "score", "arc_snr"]
     table[cols].assign(catalogue=table["catalogue"].astype(str), hardneg_type=table["hardneg_type"].astype(str)).to_parquet(
         out_dir / "anchor_scores.parquet", index=False)
     pd.DataFrame(rejects, columns=["name", "label", "reason", "detail"]).to_csv(out_dir / "anchor_rejects.csv", index=False)
@@ -613,27 +779,26 @@ def _fmt(v) -> str:
 
 
 def _markdown(report: dict) -> str:
-    m, c, ci = report["metrics"], report["metrics"]["gate_criteria"], report["bootstrap_ci"]
-    passed = report["criteria_passed"]
-
-    def interval(key):
-        return f"[{_fmt(ci[key][0])}, {_fmt(ci[key][1])}]" if key in ci else "n/a"
-
+    g = report["gates"]
+    verdict = "PASS" if report["anchor_gate_passed"] else ("FAIL" if g["failed"] else "NOT COMPUTABLE")
+    m = report["metrics"]
     lines = [
         "# Anchor baseline", "",
-        f"**Gate: {'PASS' if m['passes_anchor_gate'] else 'FAIL'}** "
-        f"({m['n_known_lenses']} known lenses, {m['n_hard_negatives']} hard negatives, score threshold {c['score_threshold']})", "",
-        "| metric | value | 95% bootstrap CI | criterion | passed |", "|---|---|---|---|---|",
-        f"| recovery | {_fmt(m['recovery_rate_0p5'])} ({m['n_recovered_at_0p5']}) | {interval('recovery_rate_0p5')} | >= {c['min_recovery']} | {passed['min_recovery']} |",
-        f"| contamination | {_fmt(m['contamination_rate_0p5'])} ({m['n_contaminated_at_0p5']}) | {interval('contamination_rate_0p5')} | "
-        f"<= {c['max_contamination']} | {passed['max_contamination']} |",
-        f"| score separation | {_fmt(m['score_separation'])} | {interval('score_separation')} | >= {c['min_separation']} | {passed['min_separation']} |",
-        f"| AUROC | {_fmt(m['auroc_anchor'])} | {interval('auroc_anchor')} | >= {c['min_auroc']} | {passed['min_auroc']} |",
-        "", "## Per lens catalogue (against all hard negatives)", "",
-        "| catalogue | n | recovery | AUROC |", "|---|---|---|---|",
+        f"**Gate: {verdict}** ({m['n_known_lenses']} known lenses, {m['n_hard_negatives']} hard negatives, "
+        f"score threshold {m['gate_criteria']['score_threshold']}, stamps cropped to {report['inputs']['stamp_size'] or 'as given'} px)", "",
+        "| gate | value | 95% bootstrap interval | threshold | pass | n | reason |", "|---|---|---|---|---|---|---|",
     ]
+    for name, gd in g["gates"].items():
+        iv = gd.get("interval") or [None, None]
+        side = ">=" if gd["direction"] == "min" else "<="
+        lines.append(f"| {name} | {_fmt(gd['value'])} | [{_fmt(iv[0])}, {_fmt(iv[1])}] | {side} {gd['threshold']} | {gd['pass']} | "
+                     f"{gd['details'].get('n', '')} | {gd['reason']} |")
+    lines += ["", "## Per lens catalogue (against all hard negatives)", "", "| catalogue | n | recovery | AUROC |", "|---|---|---|---|"]
     for cat, pm in report["per_catalogue"].items():
         lines.append(f"| {cat} | {pm['n_known_lenses']} | {_fmt(pm['recovery_rate_0p5'])} | {_fmt(pm['auroc_anchor'])} |")
+    lines += ["", f"## Per grade (top grades: {', '.join(TOP_GRADES)})", "", "| grade | n | recovered | recovery | top grade |", "|---|---|---|---|---|"]
+    for grade, pg in report["per_grade"].items():
+        lines.append(f"| {grade} | {pg['n']} | {pg['n_recovered']} | {_fmt(pg['recovery_rate'])} | {pg['top_grade']} |")
     lines += ["", "## Per hard-negative type", "", "| type | n | contamination |", "|---|---|---|"]
     for t, pm in report["per_hardneg_type"].items():
         lines.append(f"| {t} | {pm['n']} | {_fmt(pm['contamination_rate'])} |")

@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = (
     "dhs_spark.catalogs.cli",
     "dhs_spark.anchors_cli",
     "dhs_spark.hardneg_cli",
+    "dhs_spark.realism_cli",
 )
 
 

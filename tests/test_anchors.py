@@ -1,6 +1,7 @@
 """Anchor metrics against scikit-learn (ties included), each gate criterion on both sides of its
-threshold, deterministic bootstrap, the arc-visibility measure on constructed stamps, and the
-end-to-end report from a score file and real DR10 .npz cutouts."""
+threshold, deterministic bootstrap, the arc-visibility measure on constructed stamps, the
+end-to-end report from a score file and real DR10 .npz cutouts, the gates on the visible-arc
+and top-grade subsets, and scoring at the checkpoint's training geometry (centre crop)."""
 
 import json
 from pathlib import Path
@@ -10,10 +11,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from dhs_spark.anchors import arc_visibility_snr, auroc, bootstrap_ci, compute_anchor_metrics
+from dhs_spark.anchors import anchor_gates, arc_visibility_snr, auroc, bootstrap_ci, compute_anchor_metrics, crop_centre, is_top_grade
 from dhs_spark.cli import main
 from dhs_spark.config.experiment import EvaluationConfig
-from dhs_spark.errors import InputDataError
+from dhs_spark.errors import InputDataError, RejectError
 
 CUTOUTS = Path(__file__).resolve().parent / "data" / "catalogs" / "cutouts"
 
@@ -144,3 +145,80 @@ def test_anchor_cli_end_to_end(anchor_inputs, capsys):
     scores = pd.read_parquet(out / "anchor_scores.parquet")
     assert scores["arc_snr"].notna().sum() == 1 and np.isfinite(scores.loc[scores["name"] == "L1", "arc_snr"]).all()
     assert main(["anchors", "compute", "--known-lens-dir", str(d), "--hard-neg-dir", str(d), "--output-dir", str(out)]) == 2
+
+
+DR10 = Path(__file__).resolve().parent / "data" / "cutouts_dr10"
+
+
+def test_crop_centre_keeps_the_host_pixel_and_rejects_small_cutouts():
+    img = np.zeros((3, 101, 101), np.float32)
+    img[:, 50, 50] = 1.0  # the cutout's centre pixel N // 2
+    ivar = np.arange(3 * 101 * 101, dtype=np.float32).reshape(3, 101, 101)
+    out, out_ivar = crop_centre(img, 64, ivar)
+    assert out.shape == (3, 64, 64) and out[:, 32, 32].tolist() == [1.0, 1.0, 1.0] and out.sum() == 3.0
+    assert out_ivar[0, 0, 0] == ivar[0, 50 - 32, 50 - 32]
+    assert crop_centre(img, 101)[0] is not None and crop_centre(img, 101)[0].shape == (3, 101, 101)
+    with pytest.raises(RejectError, match="cutout_too_small|101 px"):
+        crop_centre(img, 128)
+
+
+def test_anchor_gates_on_each_subset():
+    """Recall gates on all lenses, the visible-arc subset and the top grade, each on both sides of
+    its threshold; an empty subset is not computable with a reason, never a pass."""
+    lens = np.array([0.9, 0.8, 0.6, 0.2, 0.1])  # recall 0.6 at 0.5
+    neg = np.array([0.1, 0.2, 0.05, 0.6])
+    gates = {g.name: g for g in anchor_gates(lens, neg, visible_scores=lens[:3], top_grade_scores=lens[3:], n_bootstrap=200)}
+    assert set(gates) == {"anchor_recall_all", "anchor_recall_visible_arcs", "anchor_recall_top_grade", "anchor_contamination",
+                          "anchor_score_separation", "anchor_auroc"}
+    assert gates["anchor_recall_all"].value == pytest.approx(0.6) and gates["anchor_recall_all"].passed is False
+    assert gates["anchor_recall_visible_arcs"].value == 1.0 and gates["anchor_recall_visible_arcs"].passed is True
+    assert gates["anchor_recall_top_grade"].value == 0.0 and gates["anchor_recall_top_grade"].passed is False
+    assert gates["anchor_contamination"].value == 0.25 and gates["anchor_contamination"].passed is False
+    assert gates["anchor_auroc"].value == pytest.approx(auroc(lens, neg))
+    lo, hi = gates["anchor_recall_all"].interval
+    assert lo <= 0.6 <= hi and lo < hi
+    empty = {g.name: g for g in anchor_gates(lens, [], visible_scores=[], top_grade_scores=lens, n_bootstrap=50)}
+    for name in ("anchor_recall_visible_arcs", "anchor_contamination", "anchor_auroc", "anchor_score_separation"):
+        assert empty[name].passed is None and empty[name].reason, name
+    assert empty["anchor_recall_top_grade"].passed is False
+    assert is_top_grade(["confident", " A", "probable", "B", "confirmed", "ring"]).tolist() == [True, True, False, False, True, False]
+
+
+def test_anchor_cli_scores_at_the_checkpoint_geometry(tmp_path):
+    """A 64-px checkpoint on the 101-px real DR10 cutouts: `dhs anchors compute` gives exactly the
+    scores of the centre 64x64 crops scored directly (and not those of the uncropped cutouts,
+    which the preprocessing normalises on a different annulus); grades are kept and gated."""
+    from tiny_checkpoint import write_tiny_checkpoint
+
+    from trainer.score import score_images
+
+    files = sorted(DR10.glob("*.npz"))
+    metas = [np.load(f) for f in files]
+    ra, dec = [float(m["meta_ra"]) for m in metas], [float(m["meta_dec"]) for m in metas]
+    pd.DataFrame({"name": [f.stem for f in files[:4]], "ra": ra[:4], "dec": dec[:4], "grade": ["confident", "probable", "A", "B"],
+                  "catalogue": "desi_lenscat", "theta_e_arcsec": np.nan}).to_parquet(tmp_path / "known_lenses_merged.parquet")
+    pd.DataFrame({"name": [f.stem for f in files[4:]], "ra": ra[4:], "dec": dec[4:], "grade": "ring",
+                  "hardneg_type": "ring"}).to_parquet(tmp_path / "hard_negatives_merged.parquet")
+    ckpt = write_tiny_checkpoint(tmp_path / "tiny.pt", stamp_size=64, seed=3)
+    out = tmp_path / "report"
+    rc = main(["anchors", "compute", "--known-lens-dir", str(tmp_path), "--hard-neg-dir", str(tmp_path), "--checkpoint", str(ckpt),
+               "--cutout-dir", str(DR10), "--output-dir", str(out), "--n-bootstrap", "50"])
+    assert rc == 0
+    scores = pd.read_parquet(out / "anchor_scores.parquet").set_index("name")
+    full = np.stack([np.load(f)["cutout"].transpose(2, 0, 1) for f in files]).astype(np.float32)
+    direct = score_images(str(ckpt), full[:, :, 50 - 32 : 50 + 32, 50 - 32 : 50 + 32])
+    np.testing.assert_allclose(scores.loc[[f.stem for f in files], "score"].to_numpy(), direct, rtol=0, atol=1e-6)
+    uncropped = score_images(str(ckpt), full)
+    assert np.abs(uncropped - direct).max() > 1e-3, "the crop must matter, or this test shows nothing"
+    expected_snr = [arc_visibility_snr(im[:, 18:82, 18:82]).arc_snr for im in full[:4]]
+    np.testing.assert_allclose(scores.loc[[f.stem for f in files[:4]], "arc_snr"].to_numpy(), expected_snr, rtol=1e-12)
+    assert scores.loc[files[0].stem, "grade"] == "confident" and bool(scores.loc[files[2].stem, "top_grade"])
+    report = json.loads((out / "anchor_metrics.json").read_text())
+    assert report["inputs"]["stamp_size"] == 64
+    gates = report["gates"]["gates"]
+    assert gates["anchor_recall_top_grade"]["details"]["n"] == 2 and gates["anchor_recall_all"]["details"]["n"] == 4
+    assert gates["anchor_recall_visible_arcs"]["details"]["n"] == int(np.sum(np.array(expected_snr) >= 5))
+    assert report["per_grade"]["probable"]["n"] == 1 and report["per_grade"]["A"]["top_grade"] is True
+    assert report["anchor_gate_passed"] is (not report["gates"]["failed"] and not report["gates"]["not_computable"])
+    assert main(["anchors", "compute", "--known-lens-dir", str(tmp_path), "--hard-neg-dir", str(tmp_path), "--checkpoint", str(ckpt),
+                 "--cutout-dir", str(DR10), "--output-dir", str(out), "--stamp-size", "48"]) == 2  # contradicts the checkpoint

@@ -2,7 +2,9 @@
 (:func:`score_parquet`, the ``dhs-score`` command) for hard-negative mining and the anchors.
 
 Scores are sigmoid probabilities in [0, 1], computed after exactly the preprocessing the model
-was trained with (stored in the checkpoint), without augmentation.
+was trained with (stored in the checkpoint), without augmentation. :func:`embed_images` returns
+the penultimate-layer features (the input of the final linear layer, i.e. the pooled body
+output) together with the scores, for the linear-probe realism gate (``dhs_spark.realism``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,50 @@ def make_score_fn(model: torch.nn.Module, preprocess_cfg: PreprocessConfig, devi
         return out
 
     return score_fn
+
+
+def make_embed_fn(model: torch.nn.Module, preprocess_cfg: PreprocessConfig, device, batch_size: int = 256):
+    """``f(images (N, C, H, W) float32 nanomaggies) -> (features (N, D) float32, scores (N,) float64)``:
+    the input of the model's final linear layer (``model.head[-1]``, captured by a forward
+    hook, so any head whose last module is the classifier works) and the sigmoid scores of
+    the same forward pass, in batches of ``batch_size``."""
+    device = torch.device(device)
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    last = model.head[-1]
+    if not isinstance(last, torch.nn.Linear):
+        raise TypeError(f"the model's last head module is {type(last).__name__}, not the linear classifier")
+
+    @torch.inference_mode()
+    def embed_fn(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        model.eval()
+        captured: list[torch.Tensor] = []
+        handle = last.register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0].float().cpu()))
+        try:
+            features = np.empty((len(images), last.in_features), dtype=np.float32)
+            scores = np.empty(len(images), dtype=np.float64)
+            for start in range(0, len(images), batch_size):
+                x = torch.from_numpy(preprocess(images[start : start + batch_size], preprocess_cfg))
+                x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+                scores[start : start + len(x)] = torch.sigmoid(model(x).float()).cpu().numpy()
+                features[start : start + len(x)] = captured.pop().numpy()
+        finally:
+            handle.remove()
+        return features, scores
+
+    return embed_fn
+
+
+def embed_images(checkpoint_path: str, images: np.ndarray, device: str = "cpu", batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Penultimate-layer features (N, D) float32 and scores (N,) in [0, 1] of ``images``
+    (N, C, H, W) float32 nanomaggies, preprocessed as in training (see :func:`make_embed_fn`)."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {images.shape}")
+    dev = pick_device(device)
+    model, cfg, pre = model_from_checkpoint(load_checkpoint(checkpoint_path), dev)
+    if images.shape[1] != cfg.model.in_channels:
+        raise ValueError(f"images have {images.shape[1]} bands, the model {checkpoint_path} takes {cfg.model.in_channels}")
+    return make_embed_fn(model, pre, dev, batch_size)(images)
 
 
 def score_images(checkpoint_path: str, images: np.ndarray, device: str = "cpu", batch_size: int = 256) -> np.ndarray:
