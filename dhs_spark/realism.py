@@ -606,9 +606,11 @@ def _probe_gate(name: str, result: dict, cfg: ProbeConfig, what: str) -> Gate:
     details = {k: result.get(k) for k in ("n_real", "n_injected", "n_folds", "p_value", "n_permutations", "null_auc_median", "null_interval")}
     if result["auc"] is not None and n_real < cfg.min_real_for_verdict:
         lo, hi = result["interval"]
-        details["caveat"] = (f"only {n_real} real lenses: the 95% interval of the AUC is [{lo:.2f}, {hi:.2f}], too wide to tell a realistic "
-                             f"injection set from an unrealistic one; the verdict needs >= {cfg.min_real_for_verdict} real lenses "
-                             "(--known-lenses with a cutout service or coadds)")
+        p = "not computed" if result.get("p_value") is None else f"{result['p_value']:.3g}"
+        details["caveat"] = (f"only {n_real} real lenses: the AUC's bootstrap interval [{lo:.2f}, {hi:.2f}] resamples {n_real} points and "
+                             "understates the uncertainty, so a pass says little about realism; a high AUC with a small permutation p-value "
+                             f"(here {p}) still shows the injections differ. A verdict needs >= {cfg.min_real_for_verdict} real lenses "
+                             "(--known-lenses with --cutout-service-url or --coadd-root)")
     return judge(name, result["auc"], cfg.auc_max, "max", reason_if_missing=f"{result.get('reason', '')}: supply more real lenses or injections",
                  interval=tuple(result["interval"]) if result["interval"] else None, details=details,
                  meaning=f"cross-validated linear-probe AUC of the CNN's penultimate features, real lenses vs {what}; "
