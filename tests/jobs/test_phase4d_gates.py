@@ -129,6 +129,24 @@ def test_host_only_fails_when_only_controls_have_masked_patches():
     assert gates["host_only_core"].passed is False and gates["host_only_core"].value > 0.9
 
 
+def test_replicates_of_a_host_share_a_fold():
+    """Each host written 3 times with different arcs (data.n_replicates = 3): the host-only images
+    of a host are identical. Folds split by row let the regression recognise hosts (AUC ~1 on
+    clean data); folds grouped by host do not."""
+    images, arcs, label, ctrl = synthetic_stamps(n=200, seed=6)
+    is_inj = (label == 1)[:, None, None, None]
+    arcs3 = np.concatenate([arcs, np.roll(arcs, 2, axis=0) * is_inj, np.roll(arcs, 4, axis=0) * is_inj])
+    images3 = np.concatenate([images - arcs] * 3) + arcs3
+    label3, ctrl3, hosts = np.tile(label, 3), np.tile(ctrl, 3), np.tile(np.arange(200), 3)
+    feats = G.stamp_features(images3, arcs3)
+    by_row = {g.name: g for g in G.shortcut_gates(feats, G.stamp_kinds(label3, ctrl3), label3 == 1, **KW)}
+    by_host = {g.name: g for g in G.shortcut_gates(feats, G.stamp_kinds(label3, ctrl3), label3 == 1, hosts=hosts, **KW)}
+    assert by_row["host_only_full"].value > 0.9, "the leak the grouping prevents"
+    for name in ("host_only_core", "host_only_full"):
+        assert by_host[name].passed is True and 0.4 < by_host[name].value < 0.6
+        assert by_host[name].details["n_host_injections"] == by_host[name].details["n_host_controls"] == 100
+
+
 def test_null_injections_are_left_out_and_missing_arcs_are_not_computable(clean):
     images, arcs, label, ctrl = clean
     # 40 extra stamps flagged as null injections, with a wild noise level: left out of both classes
@@ -143,7 +161,7 @@ def test_null_injections_are_left_out_and_missing_arcs_are_not_computable(clean)
         assert old[name].passed is None and "200 of 200 sampled injections have no arc_image" in old[name].reason
     assert old["core_auc"].value is not None, "the core AUC needs no arc_image"
     few = shortcut(images[:6], arcs[:6], label[:6], ctrl[:6])
-    assert few["host_only_core"].passed is None and "needs >= 5 injections" in few["host_only_core"].reason
+    assert few["host_only_core"].passed is None and "needs >= 5 injections and >= 5 controls on distinct hosts" in few["host_only_core"].reason
 
 
 # ---------------------------------------------------------------- reject, split, counts gates
@@ -226,6 +244,7 @@ def test_evaluate_reads_old_and_new_stamps(spark, tmp_path):
         "n_bands": np.full(n, 3), "stamp_size": np.full(n, 32), "cosmos_ident": np.where(label == 1, "g1", None),
         "magnification": np.where(label == 1, 3.0, np.nan), "arc_snr_sum": np.full(n, 20.0), "arc_snr_peak": np.full(n, 3.0),
         **{f"lensed_flux_{b}_nmgy": np.ones(n) for b in "grz"}, "theta_e_arcsec": np.full(n, 1.2),
+        "ra": 150.0 + (np.arange(n) // 2) * 1e-3, "dec": np.full(n, 2.0),  # rows 2k and 2k+1 share a host (a control and an injection)
     }  # fmt: skip
     stamps["cosmos_ident"] = np.where((label == 1) & (split[:n] == "train"), "g2", stamps["cosmos_ident"])  # g1 spans val and test
     table = _table(STAMP_SCHEMA, stamps, n)
@@ -250,7 +269,8 @@ def test_evaluate_reads_old_and_new_stamps(spark, tmp_path):
     assert by_split["train/null_injection"] == int((null & (split[:n] == "train")).sum()) and "test/null_injection" not in by_split
     # the wrapper's core AUC is the pure function's on the same rows (sorted by task id), null injections left out
     kinds = G.stamp_kinds(label, ctrl & ~null, np.where(split[:n] == "test", None, null))
+    hosts = np.array([f"{r:.7f} {d:.7f}" for r, d in zip(stamps["ra"], stamps["dec"])])
     pure = G.shortcut_gates(G.stamp_features(images, arcs), kinds, label == 1, host_only_auc_max=0.55, core_auc_max=0.7, alpha=0.01, seed=cfg.seeds.global_seed,
-                            n_bootstrap=cfg.evaluation.n_bootstrap)[0]  # fmt: skip
+                            n_bootstrap=cfg.evaluation.n_bootstrap, hosts=hosts)[0]  # fmt: skip
     assert gates["core_auc"]["value"] == pytest.approx(pure.value, abs=1e-12) and gates["core_auc"]["details"]["n_null_injections_left_out"] == int(null[split[:n] != "test"].sum())
     assert report["shortcut_gate"]["auc"] == gates["core_auc"]["value"]
