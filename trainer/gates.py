@@ -15,7 +15,8 @@ bootstrap interval (``resolved`` says whether it excludes an effect of the toler
   visibility and cannot by itself tell a good data set from a leaky one; the 4d host-only gate
   (``dhs_spark.jobs.phase4d_gates``) is the shortcut test on the data.
 - ``null_injection``: null injections (``is_null_injection``: zero source flux through the
-  whole injection path, never trained on by default) against controls of the held-out splits.
+  whole injection path, never trained on by default) against controls of the held-out splits,
+  one stamp per host position (``trainer.train``).
   Value: |mean score shift|; tolerance ``null_shift_max``; significance: Mann-Whitney. A model
   that sees only arcs scores them like controls; a shift means the injection path leaves a
   trace (noise, masking, selection) that the model reads.

@@ -278,13 +278,22 @@ def _gate_sample(index: StampIndex, rows: np.ndarray, n_max: int, seed: int, spl
     return out
 
 
+def _one_per_host(index: StampIndex, rows: np.ndarray) -> np.ndarray:
+    """The first of ``rows`` at each host position (replicates of a host hold the same cutout,
+    and would count as independent evidence in the null gate's test); all rows without positions."""
+    if COL.ra not in index.meta or COL.dec not in index.meta or not len(rows):
+        return rows
+    _, first = np.unique(np.column_stack([index.meta[COL.ra][rows], index.meta[COL.dec][rows]]), axis=0, return_index=True)
+    return rows[np.sort(first)]
+
+
 def _null_sample(index: StampIndex, n_max: int, seed: int) -> dict:
-    """Null injections and controls (label 0, not null) of the held-out splits (val, test), up
-    to ``n_max`` of each (seeded choice), for the null-injection gate."""
+    """Null injections and controls (label 0, not null) of the held-out splits (val, test), one
+    per host and up to ``n_max`` of each (seeded choice), for the null-injection gate."""
     held = np.sort(np.concatenate([index.rows("val"), index.rows("test")]))
     null = index.is_null_injection[held]
-    nulls = _choose(held[null], n_max, seed, "null-injections")
-    controls = _choose(held[~null & (index.meta[COL.label][held] == 0)], n_max, seed, "null-controls")
+    nulls = _choose(_one_per_host(index, held[null]), n_max, seed, "null-injections")
+    controls = _choose(_one_per_host(index, held[~null & (index.meta[COL.label][held] == 0)]), n_max, seed, "null-controls")
     empty = np.zeros((0, 0, 0, 0), np.float32)
     return {"null_images": load_images(index, nulls) if len(nulls) else empty, "control_images": load_images(index, controls) if len(controls) else empty}
 
