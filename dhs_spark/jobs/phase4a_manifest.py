@@ -73,7 +73,7 @@ class ManifestParams:
     healpix_nside: int
     priors: object  # dhs_spark.config.InjectionPriors
     population: object = None  # dhs_spark.config.PopulationConfig
-    source_pool: object = None  # dhs_spark.sims.lens_system.SourcePool (host-conditioned mode)
+    source_pool: object = None  # dhs_spark.sims.lens_system.SourcePool (host-conditioned mode; real COSMOS sources)
     null_injection_fraction: float = 0.0
     stamp_size: int = 64
     pixscale_arcsec: float = 0.262
@@ -126,6 +126,9 @@ def manifest_params(cfg, tier: str) -> ManifestParams:
     if tier not in ("debug", "grid", "train"):
         raise ValueError(f"tier must be debug, grid or train (got {tier!r})")
     conditioned = tier != "grid" and cfg.population.mode == "host_conditioned"
+    # Real COSMOS galaxies are always chosen here, from the row's own split, so that no galaxy
+    # feeds two splits (the uniform priors included; synthetic galaxies are unique per task).
+    real_cosmos = cfg.data.source_mode == "cosmos" and cfg.data.cosmos_loader_mode != "synthetic"
     return ManifestParams(
         experiment_id=cfg.experiment_id,
         global_seed=int(cfg.seeds.global_seed),
@@ -138,7 +141,7 @@ def manifest_params(cfg, tier: str) -> ManifestParams:
         healpix_nside=int(cfg.data.healpix_nside),
         priors=cfg.priors,
         population=cfg.population,
-        source_pool=source_pool(cfg) if conditioned else None,
+        source_pool=source_pool(cfg) if conditioned or real_cosmos else None,
         null_injection_fraction=float(cfg.data.null_injection_fraction),
         stamp_size=int(cfg.data.stamp_size),
         pixscale_arcsec=float(cfg.data.pixel_scale_arcsec),
@@ -223,13 +226,15 @@ def _host_lenses(hosts, params: ManifestParams) -> list:
 
 def _inject_fields(params: ManifestParams, host: dict, lens, split: str, row: dict, gc) -> dict:
     """The lens and source fields of one injection row."""
-    from dhs_spark.sims.lens_system import draw_system
+    from dhs_spark.sims.lens_system import draw_system, split_galaxy_ident
     from dhs_spark.sims.priors import sample_injection
 
     if lens is None:  # uniform priors
         fields = sample_injection(params.priors, gc.theta_e_range, row["task_seed"])
         if gc.source_r_mag is not None:
             fields["source_r_mag"] = gc.source_r_mag
+        if params.source_pool is not None and params.source_pool.kind == "cosmos":
+            fields["cosmos_ident"] = split_galaxy_ident(params.source_pool, split, row["task_seed"])
         return fields
     fields = {k: lens[k] for k in _LENS_FIELDS}
     system = draw_system(lens, host, split, row["task_seed"], params.source_pool, params.population, params.priors, params.stamp_size,

@@ -224,6 +224,8 @@ class _BrickCache:
         return self.brick
 
     def noise_correlation(self):
+        if self.brick.image is None:
+            return None  # a band is missing: cutout() rejects every row of this brick (missing_band)
         if self._noise is None:
             self._noise = brick_noise_correlation(self.brick)
         return self._noise

@@ -101,6 +101,13 @@ def parametric_pool(catalog: ParametricCatalog, split_fractions) -> SourcePool:
     return SourcePool("parametric", parametric=pools)
 
 
+def split_galaxy_ident(pool: SourcePool, split: str, task_seed: int) -> str:
+    """The COSMOS galaxy of a uniform-prior injection row: one of ``split``'s galaxies, chosen
+    by a hash of the task seed (its magnitude and colours come from the uniform priors)."""
+    idents = pool.cosmos[split]["ident"]
+    return str(idents[stable_hash64("uniform-source", int(task_seed)) % len(idents)])
+
+
 def _draw_source(pool: SourcePool, split: str, rng, z_source: float, cosmology: str) -> dict:
     if pool.kind == "cosmos":
         p = pool.cosmos[split]

@@ -28,7 +28,8 @@ C = STAMP // 2
 # The pipeline's mechanics on every mock host (uniform priors); the host-conditioned population
 # keeps ~20% of hosts (theta_E >= 1"), tested row by row in test_pipeline_units and end to end by the demo.
 COMMON = ["--set", f"data.stamp_size={STAMP}", "--set", "data.n_replicates=2", "--set", "data.control_fraction=0.4", "--set", "population.mode=uniform",
-          "--log-level", "WARNING"]  # fmt: skip
+          # the fixture's corrupt and band-less bricks reject ~40% of rows on purpose
+          "--set", "evaluation.max_reject_fraction=0.6", "--log-level", "WARNING"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
