@@ -310,7 +310,7 @@ def load_stamps(path, which: str = SET_INJECTED, max_stamps: Optional[int] = 200
 
     if which not in (SET_INJECTED, SET_CONTROLS):
         raise ValueError(f"which must be {SET_INJECTED!r} or {SET_CONTROLS!r}, got {which!r}")
-    dataset = ds.dataset(str(path), format="parquet", exclude_invalid_files=True)
+    dataset = ds.dataset(str(path), format="parquet", partitioning="hive", exclude_invalid_files=True)  # split=.../ directories of 4c
     names = set(dataset.schema.names)
     need = {"task_id", "label", "is_control", "image", "n_bands", "stamp_size"}
     if not need <= names:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dhs_spark.demo import STAGE_NAMES, CentreCropCutouts, main, pick_gallery_rows, run_demo, write_training_view
+from dhs_spark.demo import STAGE_NAMES, main, pick_gallery_rows, run_demo, write_training_view
 from dhs_spark.report import Section, render_html
 from dhs_spark.stages import StageRunner
 
@@ -94,27 +94,6 @@ def test_stage_runner_rejects_non_json_results(tmp_path):
 # ------------------------------------------------------------------ demo pieces
 
 
-class _Cutouts:
-    def __init__(self, image, invvar):
-        self.image, self.invvar = image, invvar
-
-    def get(self, ra, dec):
-        return self.image, self.invvar
-
-
-def test_centre_crop_keeps_the_object_on_the_stamp_centre():
-    image = np.zeros((3, 101, 101), np.float32)
-    image[:, 50, 50] = 1.0  # a 101-px cutout holds its object on pixel (50, 50)
-    image[1, 50, 60] = 2.0  # 10 px to the right (+x, numpy axis 1)
-    invvar = np.ones_like(image)
-    crop, ivar = CentreCropCutouts(_Cutouts(image, invvar), 64).get(0.0, 0.0)
-    assert crop.shape == (3, 64, 64) and ivar.shape == (3, 64, 64)
-    assert np.argwhere(crop[0] == 1.0).tolist() == [[32, 32]], "the object must land on pixel (32, 32) of the 64-px stamp"
-    assert crop[1, 32, 42] == 2.0
-    with pytest.raises(ValueError, match="smaller than the model"):
-        CentreCropCutouts(_Cutouts(image[:, :40, :40], None), 64).get(1.0, 2.0)
-
-
 def test_training_view_materialises_the_split_column(tmp_path):
     stamps = tmp_path / "stamps"
     rng = np.random.default_rng(0)
@@ -169,6 +148,12 @@ def test_quick_demo_end_to_end_reuse_and_same_numbers(tmp_path, monkeypatch):
     assert gates["passed"] and c["reconciled"] and c["manifest"] == c["stamps"] + c["rejects"] > 100
     assert gates["nonfinite"]["pixels"] == 0
     assert gates["shortcut_gate"]["auc"] is not None and gates["shortcut_gate"]["core_auc_max"] == 0.7
+    every = gates["gates"]["gates"]
+    assert all(g["value"] is not None for g in every.values()), {k: g["reason"] for k, g in every.items() if g["value"] is None}
+    assert every["host_only_core"]["pass"] and every["host_only_full"]["pass"] and every["cosmos_split"]["value"] == 0
+    assert gates["realism"]["sets"]["dr10_candidates"]["n"] == 6 and gates["realism"]["sets"]["injected"]["n"] > 0
+    assert set(r["realism"]["arcs"]["sets"]) == {"dr10_candidates", "ps1_sled", "injected", "controls"}
+    assert r["realism"]["probe"]["probe"]["n_real"] == 6
     assert r["train"]["data"]["n_train"] > 0 and r["score"]["n_scored"] == c["stamps"]
     test = r["score"]["test"]
     assert test["n_negatives"] > 0 and all(e["below_resolution"] for e in test["tpr_at_fpr"].values()), "a few dozen negatives resolve no FPR target"
@@ -180,7 +165,7 @@ def test_quick_demo_end_to_end_reuse_and_same_numbers(tmp_path, monkeypatch):
 
     html = (out / "report.html").read_text()
     for title in ("Time per stage", "Stamp gallery", "Gates", "Synthetic performance", "Completeness", "Hard negatives", "Anchors",
-                  "Where the outputs are"):  # fmt: skip
+                  "Injection realism", "Where the outputs are"):  # fmt: skip
         assert f">{title}" in html, f"report lacks the section {title!r}"
     srcs = re.findall(r"<img src='([^']*)'", html)
     assert len(srcs) >= 6 and all(s.startswith("data:image/png;base64,") for s in srcs), "every image is embedded"
@@ -190,5 +175,5 @@ def test_quick_demo_end_to_end_reuse_and_same_numbers(tmp_path, monkeypatch):
     reused = run_demo(out, seed=42, profile="quick")
     assert all(reused["reused"].values()) and reused["results"] == r
     redone = run_demo(out, seed=42, profile="quick", redo=("train",))
-    assert [k for k, v in redone["reused"].items() if not v] == ["train", "score", "hard_negatives", "anchors", "gallery"]
+    assert [k for k, v in redone["reused"].items() if not v] == ["train", "score", "hard_negatives", "anchors", "realism", "gallery"]
     assert redone["results"] == r, "the same seed must give the same numbers (training, scores, mining, anchors, gallery)"

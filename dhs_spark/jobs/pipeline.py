@@ -58,6 +58,7 @@ class RunOptions:
     fail_once_task_id: Optional[str] = None
     gate_max_rows: int = 200_000
     psf_kernels_fn: Optional[str] = None
+    real_cutouts: Optional[str] = None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coadd-psf-url", help="data.coadd_psf_url: 4c with --psf-model pixel takes each brick's coadd PSF from this Legacy Survey viewer root, "
                    "e.g. https://www.legacysurvey.org/viewer (one request per brick; analytic fallback flagged per stamp)")  # fmt: skip
     p.add_argument("--gate-max-rows", type=int, default=200_000, help="4d: rows sampled (by task-id hash) for the core-only classifier")
+    p.add_argument("--real-cutouts", help="4d: directory of real lens cutouts (.npz, dhs_spark.anchors.NpzCutoutDirectory layout, read on the driver) "
+                   "measured with the same arc estimator as the stamps, side by side in the report, e.g. tests/data/cutouts_dr10")  # fmt: skip
     p.add_argument("--master", help="Spark master when run without spark-submit, e.g. local[2] (spark-submit's --master wins)")
     p.add_argument("--log-level", default="INFO", help="python logging level")
     return p
@@ -270,6 +273,7 @@ def main(argv: list[str] | None = None, spark=None) -> int:
         write_invvar=args.write_invvar,
         fail_once_task_id=os.environ.get(FAIL_ONCE_ENV) or None,
         gate_max_rows=args.gate_max_rows,
+        real_cutouts=args.real_cutouts,
         psf_kernels_fn=args.psf_kernels_fn,
     )
     stages = list(STAGES) if args.stage == "all" else [args.stage]

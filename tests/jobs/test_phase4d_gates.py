@@ -12,6 +12,7 @@ segment at theta_E whose own pixels are the ``arc_image``.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -258,7 +259,8 @@ def test_evaluate_reads_old_and_new_stamps(spark, tmp_path):
     pq.write_table(_table(REJECT_SCHEMA, {"task_id": task[n:], "stage": ["4c", "4c"], "reason": ["edge", "edge"]}, 2), root / "rejects" / "part-0.parquet")
     (root / P.COMPLETE_MARKER).write_text(json.dumps({"run_id": "r1"}))
 
-    report = G.evaluate(spark, cfg, paths, max_rows=10_000)
+    real_dir = Path(__file__).resolve().parents[1] / "data" / "cutouts_dr10"
+    report = G.evaluate(spark, cfg, paths, max_rows=10_000, real_cutouts=str(real_dir))
     gates = report["gates"]["gates"]
     assert report["counts"]["reconciled"] and gates["reject_rate"]["value"] == pytest.approx(2 / 122) and gates["reject_rate"]["pass"]
     assert gates["cosmos_split"]["pass"] is False and gates["cosmos_split"]["details"]["examples"][0]["cosmos_ident"] == "g1"
@@ -274,3 +276,29 @@ def test_evaluate_reads_old_and_new_stamps(spark, tmp_path):
                             n_bootstrap=cfg.evaluation.n_bootstrap, hosts=hosts)[0]  # fmt: skip
     assert gates["core_auc"]["value"] == pytest.approx(pure.value, abs=1e-12) and gates["core_auc"]["details"]["n_null_injections_left_out"] == int(null[split[:n] != "test"].sum())
     assert report["shortcut_gate"]["auc"] == gates["core_auc"]["value"]
+    # realism table: dhs_spark.realism.measure_arc on every injection and control (fewer than
+    # REALISM_MAX_STAMPS here; null injections in neither) and on the real cutouts, cropped to data.stamp_size
+    from dhs_spark.realism import load_cutout_dir, measure_arc, measure_set
+
+    sets = report["realism"]["sets"]
+    is_null = null & (split[:n] != "test")  # the test split predates is_null_injection: its null rows are neither class
+    for name, sel in (("injected", (label == 1) & ~is_null), ("controls", ctrl & ~null)):
+        snr = [measure_arc(im)["arc_snr"] for im in images[sel]]
+        assert sets[name]["n"] == int(sel.sum()) and sets[name]["arc_snr"]["median"] == pytest.approx(float(np.median(snr)), rel=1e-9)
+    real_images, real_invvar, real_meta = load_cutout_dir(real_dir, cfg.data.stamp_size)
+    real = measure_set(real_images, real_meta, "dr10_candidates", invvars=real_invvar)
+    assert sets["dr10_candidates"]["n"] == len(real_images) == 6
+    assert sets["dr10_candidates"]["arc_snr"]["median"] == pytest.approx(float(real["arc_snr"].median()), rel=1e-9)
+    assert "dr10_candidates" in G.markdown(report) and "Arc visibility and colours" in G.markdown(report)
+    assert report["lens_population"]["n"] == int(label.sum()) and report["lens_population"]["theta_e_median_arcsec"] == pytest.approx(1.2)
+
+
+def test_lens_population_summary():
+    """theta_E summary of the report: NaN rows left out, Spearman sign follows luminosity (-M_r)."""
+    te = np.array([1.0, 1.2, 1.5, 3.0, np.nan])
+    mag = np.array([-21.0, -21.5, -22.0, -23.0, -24.0])  # brighter host, larger theta_E
+    pop = G.lens_population(te, mag)
+    assert pop["n"] == 4 and pop["theta_e_median_arcsec"] == pytest.approx(1.35) and pop["fraction_above_2p5_arcsec"] == 0.25
+    assert pop["spearman_theta_e_vs_host_luminosity"] == pytest.approx(1.0) and pop["n_with_host_abs_mag"] == 4
+    assert G.lens_population(te, -mag)["spearman_theta_e_vs_host_luminosity"] == pytest.approx(-1.0)
+    assert G.lens_population(te, np.full(5, np.nan))["spearman_theta_e_vs_host_luminosity"] is None  # uniform priors: no host magnitude

@@ -152,6 +152,24 @@ def test_host_conditioned_manifest_is_physical_symmetric_and_split_honest():
     assert (m[m.label == 1].is_null_injection == False).all()  # noqa: E712
 
 
+def test_selection_none_keeps_the_full_faint_range():
+    """population.selection 'none' (completeness studies) draws each source once and keeps it,
+    so the expected arc SNR spans the faint range the 'detectable' default cuts away."""
+    hosts = _sweep_hosts()
+    snr = {}
+    for selection in ("detectable", "none"):
+        cfg = ExperimentConfig(output_dir="/x", experiment_id="e")
+        cfg.population.selection = selection
+        m = expand_hosts(hosts, manifest_params(cfg, "train"))
+        inj = m[(m.label == 1)]
+        snr[selection] = inj.arc_snr_expected.to_numpy(float)
+        if selection == "none":
+            assert (inj.selection_draws == 1).all()
+    cut = ExperimentConfig().population.detectable_min_arc_snr
+    assert np.median(snr["none"]) < np.median(snr["detectable"])
+    assert (snr["none"] < cut).mean() > (snr["detectable"] < cut).mean() + 0.2
+
+
 def test_splits_hash_the_healpix_cell():
     fractions = (("train", 0.7), ("val", 0.15), ("test", 0.15))
     splits = [split_of_cell(c, 128, fractions) for c in range(6000)]
