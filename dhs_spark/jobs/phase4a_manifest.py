@@ -379,7 +379,12 @@ def produce(spark, cfg, paths: P.ExperimentPaths, inputs, opts, staging: str) ->
             for start in range(0, len(pdf), hosts_per_chunk):
                 yield expand_hosts(pdf.iloc[start : start + hosts_per_chunk], params)
 
-    manifest = hosts.mapInPandas(expand, spark_schema(MANIFEST_COLUMNS))
+    # Hosts are few bytes but, host-conditioned, cost milliseconds each (lens and source draws, the
+    # detectability renders): spread them over every core. Without this, adaptive execution
+    # coalesces the small shuffle after dropDuplicates into one partition and 4a runs on one core.
+    # Rows depend only on their host, so the partitioning changes no row.
+    n_parts = int(opts.partitions) if opts.partitions else 2 * spark.sparkContext.defaultParallelism
+    manifest = hosts.repartition(n_parts, "brickname", "ra", "dec").mapInPandas(expand, spark_schema(MANIFEST_COLUMNS))
     out = P.join(staging, "manifest")
     manifest.write.mode("overwrite").parquet(out)
     written = spark.read.schema(spark_schema(MANIFEST_COLUMNS)).parquet(out)

@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mock-survey", help="build the embedded mock survey in this directory and use it for every input above")
     p.add_argument("--tier", default="train", choices=["debug", "grid", "train"], help="4a: debug (a few hosts), grid (every host x every grid cell) or train (sampled)")
     p.add_argument("--debug-hosts", type=int, default=16, help="4a: hosts in the debug tier")
-    p.add_argument("--partitions", type=int, default=0, help="4c: partitions of the brick repartition (0: spark.default.parallelism)")
+    p.add_argument("--partitions", type=int, default=0, help="4a: partitions of the hosts (0: 2 x spark.default.parallelism); 4c: partitions of the brick repartition (0: spark.default.parallelism)")
     p.add_argument("--resume", action="store_true", help="skip a stage whose committed output is complete and reconciles; otherwise replace it")
     p.add_argument("--write-invvar", action="store_true", help="4c: also write the inverse-variance stamp")
     p.add_argument("--psf-kernels-fn", help="4c with --psf-model pixel: 'module:function' returning per-band PSF kernels (the real-PSF hook)")

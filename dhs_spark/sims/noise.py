@@ -288,8 +288,20 @@ def estimate_noise_correlation(
 
 def filter_transfer(rho: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """(C, shape[0], shape[1]//2 + 1) real transfer function (rfft2 layout) of the zero-phase filter
-    whose output autocorrelation is ``rho`` (module docstring, Synthesis), sum h^2 = 1."""
-    rho = np.asarray(rho, dtype=np.float64)
+    whose output autocorrelation is ``rho`` (module docstring, Synthesis), sum h^2 = 1. Read-only:
+    the same (rho, shape) returns the same cached array (one rho per brick, a few box shapes)."""
+    rho = np.ascontiguousarray(rho, dtype=np.float64)
+    return _filter_transfer_cached(rho.tobytes(), rho.shape, tuple(int(v) for v in shape))
+
+
+@functools.lru_cache(maxsize=64)
+def _filter_transfer_cached(rho_bytes: bytes, rho_shape: tuple[int, ...], shape: tuple[int, int]) -> np.ndarray:
+    out = _filter_transfer(np.frombuffer(rho_bytes, dtype=np.float64).reshape(rho_shape), shape)
+    out.setflags(write=False)
+    return out
+
+
+def _filter_transfer(rho: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     cy, sy, cx, sx, weight = _dft_tables(tuple(shape), rho.shape[-1] // 2)
     # the DFT of the symmetric rho is real: sum rho(d) cos(a_y d_y + a_x d_x)
     psd = cy @ rho @ cx.T - sy @ rho @ sx.T
