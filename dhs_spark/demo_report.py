@@ -481,8 +481,8 @@ def _realism(summary: dict) -> Section:
         f"Linear probe: a logistic regression on the trained model's penultimate features separates the {p.get('n_real')} real DR10 "
         f"candidates from {p.get('n_injected')} test-split injections at AUC {_fmt_value(p.get('auc'))} (bootstrap interval "
         f"{_interval(p.get('interval'))}, permutation p {_fmt_value(p.get('p_value'))}); matched to the real lenses' arc visibility, "
-        f"{_fmt_value(pm.get('auc'))} ({_interval(pm.get('interval'))}). Six real lenses are far too few for a verdict: a bootstrap over six "
-        "points cannot show how the AUC would vary with another six. And here the injections sit on MOCK hosts (Gaussian PSF, drawn noise "
+        f"{_fmt_value(pm.get('auc'))} ({_interval(pm.get('interval'))}). {p.get('n_real')} real lenses are far too few for a verdict: a "
+        "bootstrap over a handful of points cannot show how the AUC would vary with another handful. And here the injections sit on MOCK hosts (Gaussian PSF, drawn noise "
         "and neighbours), so a high AUC measures the mock survey as much as the arcs. The gate means something on real DR10 stamps "
         "with hundreds of confirmed lenses: run `dhs realism probe --known-lenses ... --cutout-service-url ...` where the service is reachable.",
     ])  # fmt: skip

@@ -82,9 +82,9 @@ def make_embed_fn(model: torch.nn.Module, preprocess_cfg: PreprocessConfig, devi
     return embed_fn
 
 
-def embed_images(checkpoint_path: str, images: np.ndarray, device: str = "cpu", batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Penultimate-layer features (N, D) float32 and scores (N,) in [0, 1] of ``images``
-    (N, C, H, W) float32 nanomaggies, preprocessed as in training (see :func:`make_embed_fn`)."""
+def _model_for_images(checkpoint_path: str, images, device: str):
+    """(images as float32 (N, C, H, W), model, preprocess config, device) after checking the
+    images' shape and band count against the checkpoint."""
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4:
         raise ValueError(f"images must be (N, C, H, W), got shape {images.shape}")
@@ -92,19 +92,20 @@ def embed_images(checkpoint_path: str, images: np.ndarray, device: str = "cpu", 
     model, cfg, pre = model_from_checkpoint(load_checkpoint(checkpoint_path), dev)
     if images.shape[1] != cfg.model.in_channels:
         raise ValueError(f"images have {images.shape[1]} bands, the model {checkpoint_path} takes {cfg.model.in_channels}")
+    return images, model, pre, dev
+
+
+def embed_images(checkpoint_path: str, images: np.ndarray, device: str = "cpu", batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Penultimate-layer features (N, D) float32 and scores (N,) in [0, 1] of ``images``
+    (N, C, H, W) float32 nanomaggies, preprocessed as in training (see :func:`make_embed_fn`)."""
+    images, model, pre, dev = _model_for_images(checkpoint_path, images, device)
     return make_embed_fn(model, pre, dev, batch_size)(images)
 
 
 def score_images(checkpoint_path: str, images: np.ndarray, device: str = "cpu", batch_size: int = 256) -> np.ndarray:
     """Scores in [0, 1] (float64, shape (N,)) of ``images`` (N, C, H, W) float32 nanomaggies,
     bands g, r, z, host on pixel (H // 2, W // 2), as stored in the stamp Parquet."""
-    images = np.asarray(images, dtype=np.float32)
-    if images.ndim != 4:
-        raise ValueError(f"images must be (N, C, H, W), got shape {images.shape}")
-    dev = pick_device(device)
-    model, cfg, pre = model_from_checkpoint(load_checkpoint(checkpoint_path), dev)
-    if images.shape[1] != cfg.model.in_channels:
-        raise ValueError(f"images have {images.shape[1]} bands, the model {checkpoint_path} takes {cfg.model.in_channels}")
+    images, model, pre, dev = _model_for_images(checkpoint_path, images, device)
     return make_score_fn(model, pre, dev, batch_size)(images)
 
 
