@@ -16,8 +16,9 @@ Chain (phase 4a calls :func:`draw_system` once per injection row):
    (:func:`dhs_spark.sims.detectability.expected_arc_snr`, the brick's PSF and depth, the
    brick's E(B-V) applied) must reach ``detectable_min_arc_snr`` and the total magnification
    ``detectable_min_magnification`` (Collett 2015, ApJ 811, 20, §2.4: SNR >= 20 and mu >= 3).
-   A row whose draw fails redraws its source (a new galaxy, position and orientation) up to
-   ``detectable_tries`` times; if none passes, the draw with the highest expected SNR is kept
+   A row whose draw fails redraws its source (a new galaxy, source redshift, position and
+   orientation; theta_E follows z_s from the host's sigma_v and z_l and stays in
+   ``population.theta_e_range_arcsec``) up to ``detectable_tries`` times; if none passes, the draw with the highest expected SNR is kept
    and flagged ``detectable = False`` (never dropped, so host selection stays symmetric between
    injections and controls). ``selection = 'none'`` keeps the first draw: the full faint range,
    for completeness studies.
@@ -38,6 +39,7 @@ from dhs_spark.errors import InputDataError
 from dhs_spark.sims.detectability import expected_arc_snr
 from dhs_spark.sims.inject import BANDS, band_fluxes_nmgy, extinction_mag
 from dhs_spark.sims.lensing import SIEShear
+from dhs_spark.sims.population import draw_source_redshift, einstein_radius_arcsec
 from dhs_spark.sims.sersic import SersicSource
 from dhs_spark.sims.source_population import ParametricCatalog, cosmos_source_photometry, draw_parametric_source
 
@@ -126,8 +128,8 @@ def draw_system(lens: dict, host: dict, split: str, task_seed: int, pool: Source
     ``psf_fwhm_<b>_arcsec`` and ``psfdepth_<b>_invvar_nmgy2``; a missing depth makes the
     expected SNR incomputable and the row is kept with ``arc_snr_expected`` NaN and
     ``detectable`` None. Returns the manifest fields of the source and the selection."""
-    theta_e = float(lens["theta_e_arcsec"])
-    sie = SIEShear(theta_e, float(lens["lens_q"]), float(lens["lens_phi_rad"]), float(lens["shear_gamma1"]), float(lens["shear_gamma2"]))
+    z_lens, sigma_kms = float(lens["z_lens"]), float(lens["sigma_v_kms"])
+    t_lo, t_hi = (float(v) for v in population.theta_e_range_arcsec)
     fwhm = [float(host[f"psf_fwhm_{b}_arcsec"]) for b in BANDS]
     depth = [host.get(f"psfdepth_{b}_invvar_nmgy2") for b in BANDS]
     have_depth = all(d is not None and math.isfinite(float(d)) and float(d) > 0 for d in depth)
@@ -138,7 +140,17 @@ def draw_system(lens: dict, host: dict, split: str, task_seed: int, pool: Source
     best = None
     for attempt in range(tries):
         rng = rng_from_seed(stable_hash64("lens-system", int(task_seed), attempt))
-        src = _draw_source(pool, split, rng, float(lens["z_source"]), population.cosmology)
+        # The first draw puts the source at the host's z_s; a redraw also redraws z_s (a lens
+        # galaxy lenses sources at every redshift; theta_E follows, kept in the population's range).
+        z_source, theta_e = float(lens["z_source"]), float(lens["theta_e_arcsec"])
+        if attempt > 0:
+            z_try = float(draw_source_redshift(rng, 1, z_lens, population)[0])
+            theta_try = float(einstein_radius_arcsec(sigma_kms, z_lens, z_try, population.cosmology))
+            if t_lo <= theta_try <= t_hi:
+                z_source, theta_e = z_try, theta_try
+        sie = SIEShear(theta_e, float(lens["lens_q"]), float(lens["lens_phi_rad"]), float(lens["shear_gamma1"]), float(lens["shear_gamma2"]))
+        src = _draw_source(pool, split, rng, z_source, population.cosmology)
+        src.update(z_source=z_source, theta_e_arcsec=theta_e)
         beta = theta_e * math.sqrt(float(rng.uniform(lo, hi)))
         angle = float(rng.uniform(0.0, 2.0 * math.pi))
         src.update(source_x_arcsec=beta * math.cos(angle), source_y_arcsec=beta * math.sin(angle), source_phi_rad=float(rng.uniform(0.0, math.pi)))

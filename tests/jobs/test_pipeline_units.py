@@ -139,6 +139,15 @@ def test_host_conditioned_manifest_is_physical_symmetric_and_split_honest():
     from dhs_spark.sims.population import einstein_radius_arcsec
 
     assert np.allclose(einstein_radius_arcsec(inj.sigma_v_kms, inj.z_lens, inj.z_source), inj.theta_e_arcsec, rtol=1e-9)
+    # a redrawn source (detectability) redraws z_s too: the host's sigma_v and z_l stay, theta_E follows
+    from dhs_spark.jobs.phase4a_manifest import _host_lenses
+
+    host_zs = {(h.brickname, float(h.ra), float(h.dec)): lens["z_source"] for h, lens in zip(hosts.itertuples(), _host_lenses(hosts, params)) if lens}
+    zs_host = np.array([host_zs[(r.brickname, r.ra, r.dec)] for r in inj.itertuples()])
+    first = (inj.selection_draws == 1).to_numpy()
+    assert np.array_equal(inj.z_source.to_numpy()[first], zs_host[first]), "a first draw keeps the host's z_s"
+    # redraws redraw z_s, except where the new z_s puts theta_E outside 1-4" (most hosts sit near the 1" floor)
+    assert (inj.z_source.to_numpy()[~first] != zs_host[~first]).mean() > 0.25, "redraws redraw z_s"
     # parametric sources from the row's own split, moved to z_source; colours blue as star-forming sources
     from dhs_spark.sims.lens_system import galaxy_split
 
