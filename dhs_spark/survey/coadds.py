@@ -142,7 +142,10 @@ class CoaddBrick:
 
     ``brick_dir_or_uri``: the survey root (holding ``coadd/``), or the brick directory itself
     (its last component equal to ``brickname``); local path or ``s3://`` URI (files are then
-    downloaded once into ``cache_dir``, default a temporary directory).
+    downloaded once into ``cache_dir``, which the caller owns and keeps; by default into a
+    temporary directory of this brick's own, removed as soon as the brick is read, whether the
+    read succeeds or not: the arrays live in memory, so an executor's disk holds at most the
+    brick being read).
     """
 
     def __init__(self, brick_dir_or_uri, brickname: str, bands=BANDS, cache_dir=None):
@@ -151,6 +154,7 @@ class CoaddBrick:
         root = str(brick_dir_or_uri).rstrip("/")
         self.brick_dir = root if root.rsplit("/", 1)[-1] == self.brickname else coadd_brick_dir(root, self.brickname)
         self._cache_dir = cache_dir
+        self._owns_cache_dir = False
         self._loaded = False
         self._error: RejectError | None = None
         self.image: np.ndarray | None = None
@@ -166,6 +170,7 @@ class CoaddBrick:
                 import tempfile
 
                 self._cache_dir = tempfile.mkdtemp(prefix=f"dhs-coadd-{self.brickname}-")
+                self._owns_cache_dir = True
             local = Path(self._cache_dir)
             local.mkdir(parents=True, exist_ok=True)
             return _fetch_s3(f"{self.brick_dir}/{name}", local)
@@ -194,6 +199,16 @@ class CoaddBrick:
             self._error = exc
             log.warning("brick %s unusable: %s", self.brickname, exc)
             raise
+        finally:
+            self._remove_downloads()
+
+    def _remove_downloads(self) -> None:
+        """Delete the temporary directory this brick downloaded into (never a caller's cache_dir)."""
+        if self._owns_cache_dir and self._cache_dir is not None:
+            import shutil
+
+            shutil.rmtree(self._cache_dir, ignore_errors=True)
+            self._cache_dir, self._owns_cache_dir = None, False
 
     def _load(self) -> None:
         from astropy.wcs import WCS

@@ -281,3 +281,37 @@ def test_pixel_psf_hook_is_called(tiny_survey):
     assert len(inj) and (inj.psf_model == "pixel").all() and (inj.psf_source == f"{__name__}:delta_kernels").all()
     # an impulse PSF keeps every lensed photon inside the stamp: added flux = magnification x unlensed
     np.testing.assert_allclose(inj.lensed_flux_r_nmgy, inj.magnification * inj.unlensed_flux_r_nmgy, rtol=2e-3)
+
+
+def test_4c_over_s3_coadds_leaves_no_temporary_files(tiny_survey, moto_endpoint, tmp_path, monkeypatch):
+    """Bricks read from s3:// are downloaded into a temporary directory of their own and removed
+    once read, on success and on a failed task alike; the stamps equal those of the local bricks."""
+    import dataclasses
+    import tempfile
+    from pathlib import Path
+
+    import boto3
+
+    manifest, params = tiny_survey
+    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=moto_endpoint)
+    s3.create_bucket(Bucket="dhs-test")
+    root = Path(params.coadd_root)
+    for path in (root / "coadd").rglob("*"):
+        if path.is_file():
+            s3.upload_file(str(path), "dhs-test", f"survey/{path.relative_to(root).as_posix()}")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    remote = dataclasses.replace(params, coadd_root="s3://dhs-test/survey")
+
+    local_out = pa.Table.from_batches(list(stamp_batches(_batches(manifest), params)), schema=OUTPUT_SCHEMA).to_pandas()
+    stats = {}
+    s3_out = pa.Table.from_batches(list(stamp_batches(_batches(manifest), remote, stats=stats)), schema=OUTPUT_SCHEMA).to_pandas()
+    assert stats["bricks_opened"] == manifest.brickname.nunique() and stats["stamps"] > 0
+    assert list(s3_out.image.dropna()) == list(local_out.image.dropna()), "the same bytes from S3 as from local disk"
+    assert not any(scratch.iterdir()), f"temporary files left: {sorted(p.name for p in scratch.iterdir())}"
+
+    failing = dataclasses.replace(remote, fail_once_task_id=manifest.task_id.iloc[-1])
+    with pytest.raises(RuntimeError, match="forced first-attempt failure"):
+        list(stamp_batches(_batches(manifest), failing))
+    assert not any(scratch.iterdir()), "a failed task leaves no temporary files either"
