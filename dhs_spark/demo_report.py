@@ -417,13 +417,17 @@ def _anchors(summary: dict, paths) -> Section:
         def interval(key):
             return f"[{ci[key][0]:.3f}, {ci[key][1]:.3f}]" if ci and key in ci and None not in ci[key] else "n/a"
 
+        def verdict(value_key, criterion):  # a metric that could not be measured is n/a, not a failure
+            return None if m[value_key] is None else passed[criterion]
+
         return [
             [f"recovery at {crit['score_threshold']} ({m['n_recovered_at_0p5']} of {m['n_known_lenses']})", m["recovery_rate_0p5"], interval("recovery_rate_0p5"),
-             f">= {crit['min_recovery']}", passed["min_recovery"]],
+             f">= {crit['min_recovery']}", verdict("recovery_rate_0p5", "min_recovery")],
             [f"contamination ({m['n_contaminated_at_0p5']} of {m['n_hard_negatives']})", m["contamination_rate_0p5"], interval("contamination_rate_0p5"),
-             f"<= {crit['max_contamination']}", passed["max_contamination"]],
-            ["score separation (median lens - median negative)", m["score_separation"], interval("score_separation"), f">= {crit['min_separation']}", passed["min_separation"]],
-            ["AUROC", m["auroc_anchor"], interval("auroc_anchor"), f">= {crit['min_auroc']}", passed["min_auroc"]],
+             f"<= {crit['max_contamination']}", verdict("contamination_rate_0p5", "max_contamination")],
+            ["score separation (median lens - median negative)", m["score_separation"], interval("score_separation"), f">= {crit['min_separation']}",
+             verdict("score_separation", "min_separation")],
+            ["AUROC", m["auroc_anchor"], interval("auroc_anchor"), f">= {crit['min_auroc']}", verdict("auroc_anchor", "min_auroc")],
             ["anchor gate", m["passes_anchor_gate"], "", "all four", m["passes_anchor_gate"]],
         ]  # fmt: skip
 
