@@ -51,6 +51,7 @@ cutouts are available).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -225,6 +226,17 @@ def _ring_geometry(shape: tuple[int, int]):
     return dx, dy, np.hypot(dx, dy), np.arctan2(dy, dx)  # phi counter-clockwise from +x (axis 1)
 
 
+@functools.lru_cache(maxsize=8)
+def ring_sectors(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(radius in pixels, 45-degree sector index 0..N_SECTORS-1 counter-clockwise from +x) of
+    every pixel of a ``shape`` stamp, object on pixel (N//2, N//2); made once per shape, read-only."""
+    _, _, r_pix, phi = _ring_geometry(tuple(shape))
+    sector = np.floor(np.mod(phi, 2 * np.pi) / (2 * np.pi / N_SECTORS)).astype(np.int64) % N_SECTORS
+    r_pix.setflags(write=False)
+    sector.setflags(write=False)
+    return r_pix, sector
+
+
 def host_shape(image_chw: np.ndarray, window_pix: float = 4.0) -> tuple[float, float]:
     """Axis ratio q (<= 1) and major-axis angle (rad, counter-clockwise from +x) of the host
     from second moments of the band-summed stamp through a round Gaussian window of sigma
@@ -335,7 +347,7 @@ def arc_residual(image_chw, invvar_chw=None, theta_e_arcsec: Optional[float] = N
         r_out = max(r_in + 0.5, theta_e_arcsec + ANNULUS_HALF_WIDTH_ARCSEC)
     else:
         r_in, r_out = DEFAULT_ANNULUS_ARCSEC
-    _, _, r_pix, phi = _ring_geometry(img.shape[1:])
+    r_pix, sector = ring_sectors(img.shape[1:])
     r_arcsec = r_pix * pixel_scale_arcsec
     annulus = (r_arcsec >= r_in) & (r_arcsec <= r_out)
     q, pa = host_shape(img)
@@ -358,7 +370,6 @@ def arc_residual(image_chw, invvar_chw=None, theta_e_arcsec: Optional[float] = N
     wsum = ivar.sum(axis=0)
     snr_map = np.where(wsum > 0, (resid * ivar).sum(axis=0) / np.sqrt(np.where(wsum > 0, wsum, 1.0)), 0.0)
     valid = annulus & (wsum > 0)
-    sector = np.floor(np.mod(phi, 2 * np.pi) / (2 * np.pi / N_SECTORS)).astype(np.int64) % N_SECTORS
     snrs = np.full(N_SECTORS, -np.inf)
     for k in range(N_SECTORS):
         sel = valid & (sector == k)

@@ -397,33 +397,22 @@ def _features(batches):
 REALISM_MAX_STAMPS = 500
 REALISM_SCHEMA = ("task_id string, kind string, reject_reason string, arc_snr double, g_r double, r_z double, g_r_ok boolean, r_z_ok boolean, "
                   "host_g_r double, source_color_g_r double, source_color_r_z double")  # fmt: skip
-REALISM_NAMES = [field.split()[0] for field in REALISM_SCHEMA.split(", ")]
 
 
 def _arc_measurements(batches):
-    """mapInArrow: stamps -> :func:`dhs_spark.realism.measure_arc` per stamp (default annulus,
-    MAD noise: as ``dhs realism arcs`` measures stamps), or the reject reason."""
+    """mapInArrow: stamps -> :func:`dhs_spark.realism.measure_set` (default annulus, MAD noise: as
+    ``dhs realism arcs`` measures stamps), one row per stamp with its measurement or reject reason."""
     import pyarrow as pa
 
-    from dhs_spark.errors import RejectError
-    from dhs_spark.realism import measure_arc
+    from dhs_spark.realism import measure_set
 
-    keys = ("arc_snr", "g_r", "r_z", "g_r_ok", "r_z_ok", "host_g_r")
+    schema = pa.schema([(name, {"string": pa.string(), "double": pa.float64(), "boolean": pa.bool_()}[kind])
+                        for name, kind in (field.split() for field in REALISM_SCHEMA.split(", "))])  # fmt: skip
     for batch in batches:
-        images = _decoded(batch)
-        out = {k: [] for k in ("reject_reason", *keys)}
-        for image in images:
-            try:
-                m, reason = measure_arc(image), ""
-            except RejectError as exc:
-                m, reason = {k: None for k in keys}, f"{exc.reason}: {exc.detail}"
-            out["reject_reason"].append(reason)
-            for k in keys:
-                out[k].append(m[k])
-        types = {"reject_reason": pa.string(), "g_r_ok": pa.bool_(), "r_z_ok": pa.bool_()}
-        cols = {k: batch.column(k) for k in ("task_id", "kind", "source_color_g_r", "source_color_r_z")}
-        cols.update({k: pa.array(v, types.get(k, pa.float64())) for k, v in out.items()})
-        yield pa.RecordBatch.from_pydict({k: cols[k] for k in REALISM_NAMES})  # mapInArrow matches columns by position
+        meta = batch.select(["task_id", "kind", "source_color_g_r", "source_color_r_z"]).to_pandas()
+        rows = measure_set(_decoded(batch), meta, "").reindex(columns=schema.names)
+        rows[["g_r_ok", "r_z_ok"]] = rows[["g_r_ok", "r_z_ok"]].fillna(False).astype(bool)  # rejected stamps: not measured
+        yield pa.RecordBatch.from_pandas(rows, schema=schema, preserve_index=False)
 
 
 def realism_sets(stamps, by_split: dict, real_cutouts: Optional[str], stamp_size: int) -> dict:

@@ -19,7 +19,6 @@ stamp's own ``arc_snr_sum`` (measured on its invvar) is the truth.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Sequence
 
@@ -57,26 +56,13 @@ def expected_arc_snr(lens: SIEShear, source: SersicSource, flux_nmgy: Sequence[f
     return math.sqrt(snr2), float(unit.sum())
 
 
-@functools.lru_cache(maxsize=8)
-def _sector_geometry(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(radius in pixels, 45-degree sector index) of every pixel of a ``shape`` stamp, object on
-    pixel (N//2, N//2): :func:`dhs_spark.anchors._ring_geometry`'s convention, made once per shape."""
-    from dhs_spark.anchors import N_SECTORS, _ring_geometry
-
-    _, _, r_pix, phi = _ring_geometry(shape)
-    sector = np.floor(np.mod(phi, 2 * np.pi) / (2 * np.pi / N_SECTORS)).astype(np.int64) % N_SECTORS
-    r_pix.setflags(write=False)
-    sector.setflags(write=False)
-    return r_pix, sector
-
-
 def arc_sector_snr(arc_chw: np.ndarray, invvar_chw: np.ndarray, theta_e_arcsec: float, pixscale_arcsec: float) -> float:
     """Visibility of an arc by itself (truth): :func:`dhs_spark.anchors.arc_visibility_snr`'s
     statistic (inverse-variance band stack, annulus theta_E +- 0.8", largest of 8 sector SNRs)
     applied to the added arc over the cutout's invvar, with no host to subtract. What the
     estimator would measure on the stamp if its host model were perfect and the noise zero, so
     the stamp's own measurement scatters about it by ~N(0, 1) per sector."""
-    from dhs_spark.anchors import ANNULUS_HALF_WIDTH_ARCSEC, DEFAULT_ANNULUS_ARCSEC, N_SECTORS
+    from dhs_spark.anchors import ANNULUS_HALF_WIDTH_ARCSEC, DEFAULT_ANNULUS_ARCSEC, N_SECTORS, ring_sectors
 
     if not (theta_e_arcsec > 0):
         return 0.0
@@ -85,7 +71,7 @@ def arc_sector_snr(arc_chw: np.ndarray, invvar_chw: np.ndarray, theta_e_arcsec: 
     snr_map = np.where(wsum > 0, (arc_chw * ivar).sum(axis=0) / np.sqrt(np.where(wsum > 0, wsum, 1.0)), 0.0)
     r_in = max(DEFAULT_ANNULUS_ARCSEC[0], theta_e_arcsec - ANNULUS_HALF_WIDTH_ARCSEC)
     r_out = max(r_in + 0.5, theta_e_arcsec + ANNULUS_HALF_WIDTH_ARCSEC)
-    r_pix, sector = _sector_geometry(snr_map.shape)
+    r_pix, sector = ring_sectors(snr_map.shape)
     r_arcsec = r_pix * pixscale_arcsec
     valid = (r_arcsec >= r_in) & (r_arcsec <= r_out) & (wsum > 0)
     sums = np.bincount(sector[valid], weights=snr_map[valid], minlength=N_SECTORS)
