@@ -226,3 +226,17 @@ def decode_image_column(column, n_bands, stamp_size, where: str = "") -> np.ndar
 MANIFEST_SCHEMA = arrow_schema(MANIFEST_COLUMNS)
 STAMP_SCHEMA = arrow_schema(STAMP_COLUMNS)
 REJECT_SCHEMA = arrow_schema(REJECT_COLUMNS)
+
+#: The score table of stage ``score`` (``dhs_spark.jobs.score_stage``): one row per scored stamp
+#: or parent (search) object; rows that could not be cut go to a REJECT_COLUMNS table instead.
+SCORE_COLUMNS: tuple[Column, ...] = (
+    Column("task_id", STR, "the stamp's task id; for a parent (search) row the hex of stable_hash64('parent', brickname, ra, dec)", False),
+    Column("ra", F64, "degrees (ICRS): the stamp's host or the parent object"),
+    Column("dec", F64, "degrees (ICRS)"),
+    Column("brickname", STR, "DR10 brick the stamp was cut from"),
+    Column("label", I32, "the stamp's label (1 = injected lens, 0 = control, null injection or hard negative); null for parent rows (unknown)"),
+    Column("split", STR, "train | val | test: the stamp's, or for a parent row the split 4a's rule gives its HEALPix cell"),
+    Column("source_tag", STR, "what was scored: 'stamps', 'parent', or the row's hard_neg_source where the stamps have that column", False),
+    Column("checkpoint_sha256", STR, "sha256 (hex) of the checkpoint file's bytes", False),
+    Column("score", F64, "sigmoid probability in [0, 1] of the checkpoint's model (float32 forward pass after the checkpoint's preprocessing, stored as float64 as by dhs-score)", False),
+)

@@ -7,6 +7,8 @@ One experiment directory holds one directory per stage (names from ``DataVariant
     <experiment>/<data.phase4c_stamps>/stamps/split=*/    Parquet stamps (partitioned by split)
                                       /rejects/           Parquet reject rows
     <experiment>/phase4d_gates/gates.json, gates.md
+    <experiment>/score/<score input>/scores/          Parquet scores (SCORE_COLUMNS), input 'stamps' or 'parent'
+                                    /rejects/         parent rows that could not be cut
     <each stage dir>/_stage_config.json                   the resolved config of the run
     <each stage dir>/_COMPLETE.json                       row counts, written last
     <experiment>/_staging/<stage>.<run id>/               a run in progress
@@ -34,6 +36,7 @@ from pathlib import Path
 COMPLETE_MARKER = "_COMPLETE.json"
 STAGE_CONFIG = "_stage_config.json"
 GATES_DIRNAME = "phase4d_gates"
+SCORE_DIRNAME = "score"
 
 
 def to_uri(path: str) -> str:
@@ -94,7 +97,7 @@ class ExperimentPaths:
         return cls(to_uri(cfg.output_dir), cfg.data.phase4a_manifest, cfg.data.phase4c_stamps)
 
     def stage_dir(self, stage: str) -> str:
-        names = {"4a": self.manifest_dirname, "4c": self.stamps_dirname, "4d": GATES_DIRNAME}
+        names = {"4a": self.manifest_dirname, "4c": self.stamps_dirname, "4d": GATES_DIRNAME, "score": SCORE_DIRNAME}
         if stage not in names:
             raise ValueError(f"unknown stage {stage!r}; expected one of {sorted(names)}")
         return join(self.root, names[stage])
@@ -126,6 +129,20 @@ class ExperimentPaths:
     @property
     def gates_md(self) -> str:
         return join(self.stage_dir("4d"), "gates.md")
+
+    def score_dir(self, score_input: str) -> str:
+        """The committed directory of one score run: ``<experiment>/score/<score_input>`` (the
+        stage directory of ``score`` holds one per input, so scoring the parent sample does not
+        replace the stamps' scores)."""
+        if not score_input or "/" in score_input:
+            raise ValueError(f"score input must be a plain name such as 'stamps' or 'parent', got {score_input!r}")
+        return join(self.stage_dir("score"), score_input)
+
+    def scores(self, score_input: str) -> str:
+        return join(self.score_dir(score_input), "scores")
+
+    def score_rejects(self, score_input: str) -> str:
+        return join(self.score_dir(score_input), "rejects")
 
 
 # -- Hadoop FileSystem operations (driver only) ------------------------------------------------

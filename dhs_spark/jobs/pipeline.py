@@ -1,4 +1,4 @@
-"""The phase-4 pipeline driver: flags -> resolved config -> stages 4a, 4c, 4d.
+"""The phase-4 pipeline driver: flags -> resolved config -> stages 4a, 4c, 4d (and ``score``).
 
 ``emr/phase4_pipeline.py`` calls :func:`main`; tests and the demo call :func:`main` with a
 ``spark`` session or :func:`run_stages` directly. Flags override the YAML config; the resolved
@@ -30,6 +30,8 @@ from dhs_spark.schema import PIPELINE_VERSION
 log = logging.getLogger("dhs.jobs")
 
 STAGES = ("4a", "4c", "4d")
+#: Stages run only when asked for by name (not by ``--stage all``): ``score`` needs a checkpoint.
+EXTRA_STAGES = ("score",)
 FAIL_ONCE_ENV = "DHS_FAIL_ONCE_TASK_ID"
 SOURCE_MODE_FLAG = {"sersic": "parametric", "parametric": "parametric", "cosmos": "cosmos"}
 
@@ -59,6 +61,12 @@ class RunOptions:
     gate_max_rows: int = 200_000
     psf_kernels_fn: Optional[str] = None
     real_cutouts: Optional[str] = None
+    checkpoint: Optional[str] = None
+    score_input: str = "stamps"
+    score_stamps: Optional[str] = None
+    score_split: Optional[str] = None
+    score_batch_size: int = 256
+    score_device: str = "auto"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
             "resolved config is written to <output>/<experiment-id>/<stage dir>/_stage_config.json."
         ),
     )
-    p.add_argument("--stage", required=True, choices=[*STAGES, "all"], help="stage to run; 'all' runs 4a, 4c, 4d in order")
+    p.add_argument("--stage", required=True, choices=[*STAGES, "all", *EXTRA_STAGES],
+                   help="stage to run; 'all' runs 4a, 4c, 4d in order; 'score' scores stamps or the parent sample with --checkpoint")  # fmt: skip
     p.add_argument("--config", help="experiment YAML (dhs_spark.config.ExperimentConfig); defaults are used when omitted")
     p.add_argument("--variant", help="data variant: a YAML path or a name in configs/data_variants/; replaces the config's data section")
     p.add_argument("--psf-model", choices=["gaussian", "moffat", "pixel"], help="data.psf_model")
@@ -85,11 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parent-sample", help="4a: parent-sample table (.parquet, .csv or .fits) with brickname, ra, dec")
     p.add_argument("--select-lrg", action="store_true", help="4a: --parent-sample is a sweep catalogue; select LRGs with data.phase3_parent_sample's cuts")
     p.add_argument("--bricks-table", help="4a: bricks table (psfsize per band) read by dhs_spark.survey.bricks.load_bricks_table")
-    p.add_argument("--coadd-root", help="4c: directory or URI holding the brick coadds")
+    p.add_argument("--coadd-root", help="4c, score --score-input parent: directory or URI holding the brick coadds")
     p.add_argument("--mock-survey", help="build the embedded mock survey in this directory and use it for every input above")
     p.add_argument("--tier", default="train", choices=["debug", "grid", "train"], help="4a: debug (a few hosts), grid (every host x every grid cell) or train (sampled)")
     p.add_argument("--debug-hosts", type=int, default=16, help="4a: hosts in the debug tier")
-    p.add_argument("--partitions", type=int, default=0, help="4a: partitions of the hosts (0: 2 x spark.default.parallelism); 4c: partitions of the brick repartition (0: spark.default.parallelism)")
+    p.add_argument("--partitions", type=int, default=0, help="4a: partitions of the hosts (0: 2 x spark.default.parallelism); 4c: partitions of the brick repartition (0: spark.default.parallelism); "
+                   "score: stamps hash-partitioned by task id (0: the Parquet read's own splits, no shuffle), parent rows by brick (0: spark.default.parallelism)")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="skip a stage whose committed output is complete and reconciles; otherwise replace it")
     p.add_argument("--write-invvar", action="store_true", help="4c: also write the inverse-variance stamp")
     p.add_argument("--psf-kernels-fn", help="4c with --psf-model pixel: 'module:function' returning per-band PSF kernels (the real-PSF hook)")
@@ -98,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gate-max-rows", type=int, default=200_000, help="4d: rows sampled (by task-id hash) for the core-only classifier")
     p.add_argument("--real-cutouts", help="4d: directory of real lens cutouts (.npz, dhs_spark.anchors.NpzCutoutDirectory layout, read on the driver) "
                    "measured with the same arc estimator as the stamps, side by side in the report, e.g. tests/data/cutouts_dr10")  # fmt: skip
+    p.add_argument("--checkpoint", help="score: dhs-train checkpoint file (best.pt), local or s3://; its bytes are broadcast to the executors")
+    p.add_argument("--score-input", choices=["stamps", "parent"], default="stamps",
+                   help="score: 'stamps' (this experiment's 4c stamps, or --score-stamps) or 'parent' (every selected parent-sample LRG cut from "
+                   "--coadd-root with 4c's rules, no injection; needs --parent-sample, --bricks-table, --coadd-root)")  # fmt: skip
+    p.add_argument("--score-stamps", help="score --score-input stamps: a stamp Parquet file or directory to score instead of this experiment's 4c stamps")
+    p.add_argument("--score-split", choices=["train", "val", "test"], help="score --score-input stamps: only this split (default: every row)")
+    p.add_argument("--score-batch-size", type=int, default=256, help="score: stamps per forward pass (every pass is this size; part of --resume's fingerprint)")
+    p.add_argument("--score-device", default="auto", help="score: auto (CUDA where the executor has one, else CPU), cpu or cuda[:N]")
     p.add_argument("--master", help="Spark master when run without spark-submit, e.g. local[2] (spark-submit's --master wins)")
     p.add_argument("--log-level", default="INFO", help="python logging level")
     return p
@@ -181,16 +199,21 @@ def _stage_module(stage: str):
         from dhs_spark.jobs import phase4a_manifest as module
     elif stage == "4c":
         from dhs_spark.jobs import phase4c_stamps as module
+    elif stage == "score":
+        from dhs_spark.jobs import score_stage as module
     else:
         from dhs_spark.jobs import phase4d_gates as module
     return module
 
 
-def config_fingerprint(cfg: ExperimentConfig, inputs: PipelineInputs, opts: RunOptions) -> str:
-    """sha256 of what determines a stage's output (config, inputs, tier): --resume reuses an
-    output only when this matches. Run-only settings (resume, partitions, the failure hook) are
-    left out, since they never change the rows."""
+def config_fingerprint(cfg: ExperimentConfig, inputs: PipelineInputs, opts: RunOptions, extra: Optional[dict] = None) -> str:
+    """sha256 of what determines a stage's output (config, inputs, tier; ``extra``: a stage's own,
+    e.g. the score stage's checkpoint sha256): --resume reuses an output only when this matches.
+    Run-only settings (resume, partitions, the failure hook) are left out, since they never
+    change the rows."""
     what = {"config": cfg.to_dict(), "inputs": dataclasses.asdict(inputs), "tier": opts.tier, "debug_hosts": opts.debug_hosts, "invvar": opts.write_invvar, "psf": opts.psf_kernels_fn}
+    if extra is not None:
+        what["extra"] = extra
     for volatile in ("created_at", "git_commit", "git_branch", "git_dirty"):
         what["config"].pop(volatile, None)
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
@@ -204,8 +227,8 @@ def run_stage(spark, stage: str, cfg: ExperimentConfig, inputs: PipelineInputs, 
     """
     module = _stage_module(stage)
     paths = P.ExperimentPaths.from_config(cfg)
-    final = paths.stage_dir(stage)
-    fingerprint = config_fingerprint(cfg, inputs, opts)
+    final = paths.score_dir(opts.score_input) if stage == "score" else paths.stage_dir(stage)
+    fingerprint = config_fingerprint(cfg, inputs, opts, module.fingerprint_extra(spark, opts) if stage == "score" else None)
     if opts.resume:
         marker = P.read_marker(spark, final)
         if marker is not None and marker.get("config_sha256") == fingerprint and module.verify(spark, cfg, paths, marker):
@@ -275,9 +298,17 @@ def main(argv: list[str] | None = None, spark=None) -> int:
         gate_max_rows=args.gate_max_rows,
         real_cutouts=args.real_cutouts,
         psf_kernels_fn=args.psf_kernels_fn,
+        checkpoint=args.checkpoint,
+        score_input=args.score_input,
+        score_stamps=args.score_stamps,
+        score_split=args.score_split,
+        score_batch_size=args.score_batch_size,
+        score_device=args.score_device,
     )
     stages = list(STAGES) if args.stage == "all" else [args.stage]
     try:
+        if "score" in stages and not opts.checkpoint:  # before any Spark work
+            raise ConfigError("--checkpoint", "--stage score needs a trained checkpoint: pass --checkpoint PATH (best.pt written by dhs-train; local or s3://)")
         if "4c" in stages:  # before 4a runs: a pixel PSF needs its provider
             from dhs_spark.jobs.phase4c_stamps import check_psf_provider
 
