@@ -33,6 +33,16 @@ Files (``out_dir``)::
                                  (arcsec), SHAPE_E1, SHAPE_E2, SERSIC, plus MOCK_ROLE = lrg |
                                  neighbour | star)
 
+Look-alikes (opt-in, ``lookalikes=LookalikeOptions(...)``; off by default, and off leaves every
+byte above unchanged): ring galaxies, spiral arms and blue companions on LRGs, and mergers with
+tidal features (:mod:`dhs_spark.survey.lookalikes`) are added to the images, at the real
+positions of ring / merger catalogue rows that fall inside a brick image and at mock positions
+(free ones at least ``min_lrg_distance_pix`` from every mock LRG; spiral arms and blue companions
+on mock LRGs), and listed in ``lookalikes-mock.parquet`` (:attr:`MockSurvey.lookalike_catalog_path`;
+columns ``lookalikes.CATALOG_COLUMNS``). They use their own random stream, so the rest of the
+survey keeps its bytes, except that LRGs are drawn away from catalogue look-alikes in the bricks
+that hold one. The sweep catalogue is unchanged (an LRG with arms keeps its sweep fluxes).
+
 Same seed -> same bytes: the RICE quantisation dither seed is derived from ``seed``, and the
 tiles astropy cannot quantise (the smooth ``invvar`` maps, stored losslessly with gzip) get a
 zero gzip timestamp instead of the wall-clock time.
@@ -45,6 +55,7 @@ import gzip
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 from unittest import mock
 
 import numpy as np
@@ -76,6 +87,7 @@ class MockSurvey:
     catalog_fits: Path
     brick_size_pix: int
     seed: int
+    lookalike_catalog_path: Optional[Path] = None  # lookalikes-mock.parquet when look-alikes were planted
 
     def brick_dir(self, brickname: str) -> Path:
         return Path(coadd_brick_dir(self.root, brickname))
@@ -152,6 +164,32 @@ def _draw_xy(rng, lo: float, hi: float, avoid: np.ndarray, min_dist_pix: float, 
     raise InputDataError(f"mock survey: no room for another {what} in a {brick_size_pix}-px brick; use fewer objects or a larger brick_size_pix")
 
 
+def _catalog_hits(table, wcs, brick_size_pix: int, margin_pix: int) -> list:
+    """(x_pix, y_pix, catalogue, name, lookalike_type, ra, dec) of the look-alike catalogue rows
+    inside the brick image, ``margin_pix`` from its edges."""
+    if len(table) == 0:
+        return []
+    x, y = wcs.all_world2pix(table["ra"].to_numpy(), table["dec"].to_numpy(), 0)
+    inside = (x >= margin_pix) & (x <= brick_size_pix - 1 - margin_pix) & (y >= margin_pix) & (y <= brick_size_pix - 1 - margin_pix)
+    return [(float(x[i]), float(y[i]), str(table["catalogue"].iat[i]), str(table["name"].iat[i]), str(table["lookalike_type"].iat[i]),
+             float(table["ra"].iat[i]), float(table["dec"].iat[i])) for i in np.flatnonzero(inside)]  # fmt: skip
+
+
+def _draw_lrg_xy(rng, lo, hi, lrg_xy: list, catalog_hits: list, lookalikes, brick_size_pix: int) -> np.ndarray:
+    """An LRG position 40 px from the other LRGs (as before) and, where catalogue look-alikes
+    sit in the brick, ``min_lrg_distance_pix`` from them. Without catalogue look-alikes this is
+    exactly the draw of a survey without look-alikes (same random numbers)."""
+    avoid = np.array(lrg_xy).reshape(-1, 2)
+    if not catalog_hits:
+        return _draw_xy(rng, lo, hi, avoid, 40.0, "LRG (40 px apart)", brick_size_pix)
+    cat_xy = np.array([(h[0], h[1]) for h in catalog_hits])
+    for _ in range(10_000):
+        xy = _draw_xy(rng, lo, hi, avoid, 40.0, "LRG (40 px apart)", brick_size_pix)
+        if np.min(np.hypot(*(cat_xy - xy).T)) >= lookalikes.min_lrg_distance_pix:
+            return xy
+    raise InputDataError(f"mock survey: no room for an LRG {lookalikes.min_lrg_distance_pix} px from the catalogue look-alikes in a {brick_size_pix}-px brick")
+
+
 def _wcs_header(ra_c: float, dec_c: float, size: int):
     from astropy.wcs import WCS
 
@@ -203,10 +241,21 @@ def build_mock_survey(
     n_stars_per_brick: int = 12,
     sweep_path=DEFAULT_SWEEP_PATH,
     bricks_paths=DEFAULT_BRICKS_PATHS,
+    lookalikes=None,
 ) -> MockSurvey:
-    """Write a mock survey under ``out_dir`` (see the module docstring) and return its paths."""
+    """Write a mock survey under ``out_dir`` (see the module docstring) and return its paths.
+
+    ``lookalikes``: ``None`` (default: none planted) or a
+    :class:`~dhs_spark.survey.lookalikes.LookalikeOptions` saying what to plant.
+    """
     import pandas as pd
     from astropy.table import Table
+
+    if lookalikes is not None:
+        from dhs_spark.survey import lookalikes as lk
+
+        if not isinstance(lookalikes, lk.LookalikeOptions):
+            raise InputDataError(f"lookalikes must be None or a LookalikeOptions (got {type(lookalikes).__name__})")
 
     if brick_size_pix < 2 * _EDGE_MARGIN_PIX + 20:
         raise InputDataError(f"brick_size_pix must be >= {2 * _EDGE_MARGIN_PIX + 20} (got {brick_size_pix})")
@@ -217,8 +266,13 @@ def build_mock_survey(
     rng = rng_from_seed(stable_hash64("mock-survey", int(seed)))
     chosen = real_bricks.iloc[np.sort(rng.choice(len(real_bricks), size=n_bricks, replace=False))].reset_index(drop=True)
     dither_seed = 1 + int(seed) % 10000
+    if lookalikes is not None:
+        la_catalog = lk.load_lookalike_catalogues(lookalikes.catalogs, lookalikes.catalog_dir)
+        ok = (sweep["FLUX_G"] > 0) & (sweep["FLUX_R"] > 0) & (sweep["FLUX_Z"] > 0)
+        red_colours = -2.5 * np.log10(np.c_[sweep["FLUX_G"][ok] / sweep["FLUX_R"][ok], sweep["FLUX_R"][ok] / sweep["FLUX_Z"][ok]])
 
     rows = []
+    la_rows = []
     for bi, brick in chosen.iterrows():
         name = brick["brickname"]
         brng = rng_from_seed(stable_hash64("mock-brick", int(seed), name))
@@ -234,8 +288,9 @@ def build_mock_survey(
         objs = []
         lrg_xy = []
         lo, hi = _EDGE_MARGIN_PIX, brick_size_pix - 1 - _EDGE_MARGIN_PIX
+        catalog_hits = _catalog_hits(la_catalog, wcs, brick_size_pix, lookalikes.edge_margin_pix) if lookalikes is not None else []
         for _ in range(n_lrg_per_brick):
-            lrg_xy.append(_draw_xy(brng, lo, hi, np.array(lrg_xy).reshape(-1, 2), 40.0, "LRG (40 px apart)", brick_size_pix))
+            lrg_xy.append(_draw_lrg_xy(brng, lo, hi, lrg_xy, catalog_hits, lookalikes, brick_size_pix))
         src_rows = brng.choice(len(sweep), size=n_lrg_per_brick, replace=False)
         for xy, si in zip(lrg_xy, src_rows):
             s = sweep.iloc[int(si)]
@@ -265,6 +320,13 @@ def build_mock_survey(
             fl = [10 ** ((22.5 - m) / 2.5) for m in (g_mag, r_mag, z_mag, w1_mag)]
             objs.append(("star", xy[0], xy[1], "PSF", fl, 0.0, 0.0, 1.0, 0.0, -1))
 
+        planted = []
+        if lookalikes is not None:
+            lrgs = [(j, o[1], o[2], lk.Host(o[5], o[7], o[8], (o[4][0], o[4][1], o[4][2]), j)) for j, o in enumerate(objs) if o[0] == "lrg"]
+            other = np.array([(o[1], o[2]) for o in objs if o[0] != "lrg"]).reshape(-1, 2)
+            planted = lk.plan_brick_lookalikes(lookalikes, seed, name, brick_size_pix, catalog_hits, lrgs, other, red_colours)
+            la_stamps = [lk.render_lookalike(pl.lookalike, pl.x_pix, pl.y_pix, [fwhm[b] for b in BANDS]) for pl in planted] if lookalikes.plant_pixels else []
+
         # --- pixels
         ny = nx = brick_size_pix
         yy, xx = np.mgrid[0:ny, 0:nx]
@@ -282,6 +344,8 @@ def build_mock_survey(
                 half = 40 if role == "star" and fl[1] > 100 else 24
                 stamp, x0, y0 = _render(flux, x, y, fwhm[b], r_e, n, q, phi, half)
                 _add(canvas, stamp, x0, y0)
+            for stamp, x0, y0 in (la_stamps if planted and lookalikes.plant_pixels else []):
+                _add(canvas, stamp[k], x0, y0)
             invvar = gradient / sigma_pix[b] ** 2
             image = canvas + brng.standard_normal((ny, nx)) / np.sqrt(invvar)
             for _ in range(2):  # no-data rectangles, kept away from the LRG stamps (skipped if there is no room)
@@ -311,6 +375,13 @@ def build_mock_survey(
         _write_compressed(brick_dir / coadd_file_name(name, "maskbits"), maskbits, mb_header, dither_seed)
 
         ra, dec = wcs.all_pix2world(np.array([o[1] for o in objs]), np.array([o[2] for o in objs]), 0)
+        if planted:
+            pra, pdec = wcs.all_pix2world(np.array([p.x_pix for p in planted]), np.array([p.y_pix for p in planted]), 0)
+            for p, r_, d_ in zip(planted, pra, pdec):
+                if p.source.startswith("catalog:"):  # the catalogue's own position, not its pixel round trip
+                    r_, d_ = next((h[5], h[6]) for h in catalog_hits if h[3] == p.catalog_name)
+                near = float(np.min(np.hypot(*(np.array(lrg_xy) - (p.x_pix, p.y_pix)).T))) * PIXSCALE_ARCSEC if lrg_xy else np.inf
+                la_rows.append(lk.catalogue_row(p, float(r_), float(d_), name, near, lookalikes))
         flux_ivar = {b: psf_ivar[k] for k, b in enumerate(BANDS)}
         for j, (role, x, y, typ, fl, r_e, n, q, phi, si) in enumerate(objs):
             e1, e2 = tractor_ellipticity(q, phi) if r_e > 0 else (0.0, 0.0)
@@ -340,5 +411,14 @@ def build_mock_survey(
     bricks_out["mock_n_lrg"] = n_lrg_per_brick
     bricks_table = out / "survey-bricks-mock.csv"
     bricks_out.to_csv(bricks_table, index=False)
+    la_path = None
+    if lookalikes is not None:
+        la_cat = pd.DataFrame(la_rows, columns=list(lk.CATALOG_COLUMNS))
+        wrong = la_cat["brickname"].to_numpy() != brickname_for(la_cat["ra"].to_numpy(), la_cat["dec"].to_numpy())
+        if wrong.any():
+            raise InputDataError(f"mock survey: {int(wrong.sum())} look-alikes fall outside their real brick")
+        la_path = out / "lookalikes-mock.parquet"
+        la_cat.to_parquet(la_path, index=False)
+        log.info("mock survey: %d look-alikes (%d held out) -> %s", len(la_cat), int(la_cat["heldout"].sum()), la_path)
     log.info("mock survey: %d bricks of %d px, %d objects -> %s", n_bricks, brick_size_pix, len(cat), out)
-    return MockSurvey(out, tuple(chosen["brickname"]), bricks_table, cat_parquet, cat_fits, int(brick_size_pix), int(seed))
+    return MockSurvey(out, tuple(chosen["brickname"]), bricks_table, cat_parquet, cat_fits, int(brick_size_pix), int(seed), la_path)

@@ -110,3 +110,34 @@ class CutoutHandler(BaseHTTPRequestHandler):
                 chw = chw[[ "grz".index(b) for b in bands]]
                 return cutout_fits_bytes(chw, bands, with_invvar="invvar" in q)
         return None
+
+
+# Two real catalogue look-alikes that lie near the centre of their DR10 brick, so that a small
+# mock brick image (centred on the brick centre) holds them: the Galaxy Zoo DECaLS ring
+# J005130.07-011511.2 (brick 0128m012, 43 px from the centre) and the Darg et al. (2010) merger
+# J152924.68+255947.9 (brick 2323p260, 112 px from the centre). Found by converting every row
+# of both catalogues to its brick and sorting by offset from the brick centre.
+LOOKALIKE_CATALOGUE_OBJECTS = (("gz_decals_rings", "J005130.07-011511.2"), ("darg2010_mergers", "J152924.68+255947.9"))
+
+
+def write_lookalike_catalogue_bricks(path: Path, template_brick: str = "2326p000") -> Path:
+    """A bricks CSV (format of dr10_south_bricks_excerpt_*.csv) for the DR10 bricks that hold
+    :data:`LOOKALIKE_CATALOGUE_OBJECTS`. Geometry is exact (``brick_geometry``); PSF sizes, depths
+    and E(B-V) are NOT those bricks' (the excerpts lack them): they are copied from the real row
+    of ``template_brick``, which is all the mock needs to render a realistic brick."""
+    import pandas as pd
+
+    from dhs_spark.catalogs.common import parse_jname
+    from dhs_spark.survey.bricks import brick_geometry
+
+    data = Path(__file__).resolve().parents[1] / "data" / "survey"
+    real = pd.concat([pd.read_csv(data / f"dr10_south_bricks_excerpt_{f}.csv", dtype={"brickname": str}) for f in "ab"])
+    tmpl = real.set_index("brickname").loc[template_brick]
+    rows = []
+    for _cat, name in LOOKALIKE_CATALOGUE_OBJECTS:
+        ra, dec = parse_jname(name)
+        geo = {k: (str(v[0]) if k == "brickname" else float(v[0])) for k, v in brick_geometry(ra, dec).items()}
+        rows.append({**geo, **{c: tmpl[c] for c in real.columns if c not in geo and c != "brickname"}})
+    out = pd.DataFrame(rows)[list(real.columns)]
+    out.to_csv(path, index=False)
+    return Path(path)
