@@ -7,15 +7,17 @@ galaxy". Real galaxies that show exactly that (ring galaxies, spiral arms, star-
 companions, tidal tails and shells) are the false positives of every DR10 lens search
 (DESIGN.md §1 (b)). Offline, the mock survey had none; this module makes them.
 
-Models (all analytic, pure numpy; the COSMOS HST stamps bundled with the project were not
-used: the 10 F814W stamps of ``tests/data/cosmos/cosmos_f814w_10`` are single-band, mostly
-compact or smooth discs at 0.03"/px, with no ring, no resolved tidal tail and no colour
-information, so they cannot carry the blue-on-red structure that makes these impostors):
+Models (all analytic, pure numpy). The project's real HST stamps are not used: the ten COSMOS
+F814W stamps (``tests/data/cosmos/cosmos_f814w_10``) and five AEGIS galaxies are single-band or
+two-band without g/r/z colours, so they cannot carry the blue-on-red structure that makes these
+impostors, and they were not screened for rings or mergers (a possible later addition: a
+COSMOS irregular as the knotty light of a ring or tail, coloured as below).
 
 ``ring_collisional``
     Collisional ("Cartwheel"-type) ring (Appleton & Struck-Marcell 1996, Fund. Cosmic Phys.
     16, 111): a narrow, knotty, star-forming ring of radius R (1.5-5") and an old nucleus
-    displaced from the ring centre by 0.2-0.5 R (off-centre impact), the ring brighter on the
+    displaced from the ring centre by 0.2-0.5 R (off-centre impact; a modelling choice within
+    the morphologies ASM96 review, not a fitted distribution), the ring brighter on the
     nucleus side (1 + a cos(theta - theta_nucleus), a = 0.3-0.8), 6-12 compact HII-region knots
     carrying 30-50% of the ring light, and, half of the time, a compact red intruder at 1.6-2.4 R.
 ``ring_resonance``
@@ -27,19 +29,20 @@ information, so they cannot carry the blue-on-red structure that makes these imp
     of Buta & Combes 1996, about the outer Lindblad resonance). Rings are smoother than
     collisional ones (knots 10-20% of the ring light).
 ``spiral_arms``
-    Two trailing logarithmic arms r = r_in exp((theta - theta_0) tan p) (pitch p = 12-25 deg,
-    the Sb-Sc range of Kennicutt 1981, AJ 86, 1847) from r_in = 0.8-1.5" to r_out = 3-5.5" around
-    a red bulge, blue, with HII knots (25% of the arm light) and a faint exponential disc. The
+    Two logarithmic arms r = r_in exp((theta - theta_0) tan p) (pitch p = 12-25 deg, the Sb-Sc
+    range of Kennicutt 1981, AJ 86, 1847) from r_in = 1.2-2" to r_out = 4-6.5" around a red
+    bulge, blue, as bright as the bulge within -0.2..+0.8 mag, with HII knots (25% of the arm
+    light) and a faint exponential disc (0.8-1.5 mag below the arms). The
     bulge is the mock LRG itself when planted on one (nothing is redrawn), otherwise an
     LRG-like de Vaucouleurs bulge.
 ``blue_companion``
     1-3 compact star-forming knots (Sersic n = 1, r_e = 0.1-0.35") at 1-3" from an LRG (the
-    mock LRG itself, or an LRG-like bulge when standalone), r = 21-23.
+    mock LRG itself, or an LRG-like bulge when standalone), r = 20.5-22.5.
 ``merger_tidal``
     Two red nuclei 1.5-4" apart (flux ratio 1 to 3) with either two anti-symmetric curved tidal
     tails (Toomre & Toomre 1972, ApJ 178, 623: the prograde-encounter tails leave each galaxy on
     the side away from its companion and curve the same way, point-symmetric about the centre)
-    of length 3-7", or 2-4 interleaved shells (Quinn 1984, ApJ 279, 596: sharp-edged arcs on
+    of length 4-8" (0.2-1.2 mag fainter than their nucleus), or 2-4 interleaved shells (Quinn 1984, ApJ 279, 596: sharp-edged arcs on
     alternating sides of the host, radii 1.5-6").
 
 Colours (g-r, r-z, observed frame):
@@ -60,6 +63,9 @@ Colours (g-r, r-z, observed frame):
 Magnitudes are in the ranges stated per model (r-band AB, 22.5 - 2.5 log10 flux_nmgy), chosen
 so the impostors are as bright as the LRGs of the mock (r = 19.5-22) and their features as
 bright as the arcs it injects.
+
+Sersic components are truncated (logistic edge) at 6 r_e (n >= 2), 5 r_e (n = 1) or 4 r_e
+(Gaussian knots), as ``mock._render`` confines its objects to a finite box.
 
 Rendering follows ``mock._render``: each component is sampled on an ``oversample`` x
 ``oversample`` sub-pixel grid and normalised to its own flux there, the sum is convolved in
