@@ -1,8 +1,10 @@
 """Join the hard-negative lookup to training stamps by sky position, not by id.
 
-The lookup (written by ``dhs hardneg``) is a Parquet table with columns ``ra``, ``dec``
-(degrees, ICRS), ``healpix_index``, ``source`` (e.g. model_fp, ring, merger), ``weight`` and
-``score``. A stamp whose host lies within ``radius_arcsec`` of a lookup entry is that hard
+The lookup (written by ``dhs hardneg collect --create-lookup`` as
+``hard_negative_lookup.parquet``, :data:`dhs_spark.hardneg.LOOKUP_FILE`) is a Parquet table
+with columns ``ra``, ``dec`` (degrees, ICRS), ``healpix_index``, ``source`` (e.g. model_fp,
+ring, merger), ``weight`` and ``score``. :func:`resolve_lookup_path` also finds it under the
+seed's name ``hard_neg_lookup.parquet``, preferring the canonical one and logging which it read. A stamp whose host lies within ``radius_arcsec`` of a lookup entry is that hard
 negative: ids are not trusted because the lookup and the stamps are made by different jobs
 (and a re-run re-hashes ids), while the host position is the physical identity.
 
@@ -13,13 +15,16 @@ nearest one.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from dhs_spark.errors import InputDataError
-from dhs_spark.hardneg import LOOKUP_COLUMNS  # the writer's column list: one definition
+from dhs_spark.hardneg import LEGACY_LOOKUP_FILES, LOOKUP_COLUMNS, LOOKUP_FILE  # the writer's names: one definition
 from dhs_spark.healpix import nearest_within
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,12 +42,54 @@ class HardNegativeLookup:
         return len(self.ra)
 
 
+def resolve_lookup_path(path: str) -> str:
+    """The lookup to read for ``path`` (local or s3://).
+
+    - A directory holding :data:`~dhs_spark.hardneg.LOOKUP_FILE` (``hard_negative_lookup.parquet``)
+      or a legacy name (``hard_neg_lookup.parquet``): that file, the canonical name first.
+    - A file path named with one of these names that does not exist, next to an existing file
+      with the other name: that file (e.g. the seed's config naming ``hard_neg_lookup.parquet``
+      beside what ``dhs hardneg collect`` wrote).
+    - Anything else: ``path`` itself (a file, or a directory of lookup parts read as one dataset).
+
+    Each choice of a named file is logged (a warning when it is a legacy name or a substitute).
+    """
+    import pyarrow.fs as pafs
+
+    from dhs_spark.jobs.paths import arrow_filesystem
+
+    names = (LOOKUP_FILE, *LEGACY_LOOKUP_FILES)
+    fs, inner = arrow_filesystem(str(path))
+    text = str(path).rstrip("/")
+    kind = fs.get_file_info(inner).type
+    if kind == pafs.FileType.Directory:
+        for name in names:
+            if fs.get_file_info(f"{inner.rstrip('/')}/{name}").type == pafs.FileType.File:
+                chosen = f"{text}/{name}"
+                if name == LOOKUP_FILE:
+                    log.info("hard-negative lookup: %s (canonical name, in directory %s)", chosen, path)
+                else:
+                    log.warning("hard-negative lookup: %s (legacy name %s; the canonical name is %s)", chosen, name, LOOKUP_FILE)
+                return chosen
+        return str(path)
+    if kind == pafs.FileType.NotFound and "/" in inner and inner.rsplit("/", 1)[1] in names:
+        inner_dir, given = inner.rsplit("/", 1)
+        text_dir = text.rsplit("/", 1)[0]
+        for name in names:
+            if name != given and fs.get_file_info(f"{inner_dir}/{name}").type == pafs.FileType.File:
+                log.warning("hard-negative lookup: %s does not exist; reading %s/%s instead (the canonical name is %s)", path, text_dir, name, LOOKUP_FILE)
+                return f"{text_dir}/{name}"
+    return str(path)
+
+
 def load_lookup(path: str) -> HardNegativeLookup:
-    """Read and check a lookup Parquet file or directory (local or s3://)."""
+    """Read and check a lookup Parquet file or directory (local or s3://), found by
+    :func:`resolve_lookup_path` (canonical or legacy file name)."""
     import pyarrow.dataset as pads
 
     from dhs_spark.jobs.paths import arrow_filesystem
 
+    path = resolve_lookup_path(path)
     fs, inner = arrow_filesystem(str(path))
     try:
         table = pads.dataset(inner, filesystem=fs, format="parquet").to_table()

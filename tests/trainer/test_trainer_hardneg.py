@@ -58,3 +58,48 @@ def test_lookup_without_required_columns_names_the_file(tmp_path):
     pq.write_table(pa.table({"ra": [1.0], "dec": [2.0]}), tmp_path / "bad.parquet")
     with pytest.raises(InputDataError, match=r"bad\.parquet: hard-negative lookup lacks columns \['healpix_index', 'source', 'weight', 'score'\]"):
         load_lookup(str(tmp_path / "bad.parquet"))
+
+
+# ---------------------------------------------------------------- the lookup's file name
+
+
+def _lookup_at(path, ra: float):
+    pq.write_table(pa.table({"ra": [ra], "dec": [0.0], "healpix_index": [0], "source": ["ring"], "weight": [2.0], "score": [0.9]}), path)
+
+
+def test_a_directory_finds_the_canonical_lookup_before_the_legacy_name(tmp_path, caplog):
+    from trainer.hardneg_join import resolve_lookup_path
+
+    d = tmp_path / "hn"
+    d.mkdir()
+    _lookup_at(d / "hard_neg_lookup.parquet", ra=1.0)
+    # the table dhs hardneg collect writes beside the lookup is not read as part of it
+    pq.write_table(pa.table({"name": ["x"], "ra": [9.0], "dec": [0.0]}), d / "hard_negatives.parquet")
+    with caplog.at_level("INFO", logger="trainer.hardneg_join"):
+        legacy = load_lookup(str(d))
+    assert legacy.ra.tolist() == [1.0] and legacy.path == f"{d}/hard_neg_lookup.parquet"
+    assert "legacy name hard_neg_lookup.parquet; the canonical name is hard_negative_lookup.parquet" in caplog.text
+    _lookup_at(d / "hard_negative_lookup.parquet", ra=2.0)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="trainer.hardneg_join"):
+        canonical = load_lookup(str(d) + "/")
+    assert canonical.ra.tolist() == [2.0], "with both names present the canonical file is read"
+    assert "hard_negative_lookup.parquet (canonical name" in caplog.text and "legacy" not in caplog.text
+    assert resolve_lookup_path(str(d)) == f"{d}/hard_negative_lookup.parquet"
+
+
+@pytest.mark.parametrize(("asked", "written"), [("hard_neg_lookup.parquet", "hard_negative_lookup.parquet"),
+                                                ("hard_negative_lookup.parquet", "hard_neg_lookup.parquet")])  # fmt: skip
+def test_a_missing_file_name_falls_back_to_the_other_name(tmp_path, caplog, asked, written):
+    """The seed's config names hard_neg_lookup.parquet; dhs hardneg collect writes hard_negative_lookup.parquet."""
+    _lookup_at(tmp_path / written, ra=3.0)
+    with caplog.at_level("WARNING", logger="trainer.hardneg_join"):
+        lookup = load_lookup(str(tmp_path / asked))
+    assert lookup.ra.tolist() == [3.0] and lookup.path == f"{tmp_path}/{written}"
+    assert f"{tmp_path / asked} does not exist; reading {tmp_path}/{written} instead" in caplog.text
+
+
+def test_a_missing_lookup_with_an_unrelated_name_is_an_error(tmp_path):
+    _lookup_at(tmp_path / "hard_negative_lookup.parquet", ra=3.0)
+    with pytest.raises(InputDataError, match=r"other\.parquet: cannot read the hard-negative lookup"):
+        load_lookup(str(tmp_path / "other.parquet"))
