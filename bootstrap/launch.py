@@ -3,12 +3,15 @@
     python bootstrap/launch.py --config CONFIG.yaml --experiment-id ID --s3-root s3://BUCKET/dhs \\
         --parent-sample s3://.../parent.parquet --bricks-table s3://.../survey-bricks-dr10-south.fits.gz \\
         --coadd-root s3://.../coadd [--cosmos-library cosmos.h5] [--stages 4a,4c,4d] [--wait] [--dry-run]
+    python bootstrap/launch.py ... --stages score --checkpoint best.pt [--score-input stamps|parent]
 
 What it does, in order: build the code bundle (a pip-installable zip of setup.py + dhs_spark),
 upload it with constraints.txt, the bootstrap script, the spark-submit entry point, the config
 (with ``data.cosmos_library_path`` rewritten to the uploaded library) and the COSMOS library;
 create the cluster (instance groups, release label, bootstrap action, log URI, Spark
-configurations); add one step per stage from ``bootstrap/steps/phase4*.json``; optionally wait,
+configurations); add one step per stage from ``bootstrap/steps/phase4*.json`` (stage ``score``:
+``steps/score_<score input>.json``, with the checkpoint uploaded, the trainer package in the
+bundle and torch installed by the bootstrap); optionally wait,
 with a bounded number of polls, and print a JSON report. ``--dry-run`` prints every request
 instead and touches no AWS API (no credentials needed).
 
@@ -62,10 +65,11 @@ class LaunchPlan:
 
 
 def build_bundle(repo: Path = REPO) -> bytes:
-    """A pip-installable zip of the project (setup.py, README, constraints, dhs_spark/), deterministic."""
+    """A pip-installable zip of the project (setup.py, README, constraints, dhs_spark/, trainer/), deterministic."""
     buf = io.BytesIO()
     files = [repo / "setup.py", repo / "constraints.txt"] + [p for p in [repo / "README.md"] if p.exists()]
-    files += sorted(p for p in (repo / "dhs_spark").rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
+    for package in ("dhs_spark", "trainer"):  # trainer: the score stage's model code
+        files += sorted(p for p in (repo / package).rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for path in files:
             info = zipfile.ZipInfo(str(path.relative_to(repo)), ZIP_EPOCH)
@@ -87,6 +91,11 @@ def render_step(template_path: Path, values: dict[str, str]) -> dict:
     if step["HadoopJarStep"]["Jar"] != "command-runner.jar" or args[0] != "spark-submit":
         raise SystemExit(f"{template_path}: steps must use command-runner.jar with 'spark-submit' as the first Arg")
     return step
+
+
+def step_template(stage: str, score_input: str = "stamps") -> Path:
+    """The step JSON of ``stage``: ``phase<stage>.json``, or ``score_<score_input>.json`` for ``score``."""
+    return STEPS_DIR / (f"score_{score_input}.json" if stage == "score" else f"phase{stage}.json")
 
 
 def spark_configurations(executor_memory: str, executor_cores: int) -> list[dict]:
@@ -130,6 +139,18 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
         lib_uri = f"{root}/cosmos/{Path(args.cosmos_library).name}"
         plan.uploads.append((lib_uri, str(Path(args.cosmos_library).resolve())))
         config.setdefault("data", {})["cosmos_library_path"] = lib_uri
+    stages = args.stages.split(",")
+    checkpoint_uri = None
+    if "score" in stages:
+        if not args.checkpoint:
+            raise SystemExit("--stages score needs --checkpoint (a dhs-train best.pt: a local file to upload, or an s3:// URI)")
+        checkpoint_uri = args.checkpoint
+        if not args.checkpoint.startswith("s3://"):
+            local = Path(args.checkpoint)
+            if not local.is_file():
+                raise SystemExit(f"--checkpoint {args.checkpoint}: no such file")
+            checkpoint_uri = f"{code}/checkpoint/{local.name}"
+            plan.uploads.append((checkpoint_uri, str(local.resolve())))
     config_uri = f"{code}/config.yaml"
     plan.uploads.append((config_uri, yaml.safe_dump(config, sort_keys=False).encode()))
 
@@ -151,7 +172,8 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
         "BootstrapActions": [
             {
                 "Name": "dhs install python3.11 deps",
-                "ScriptBootstrapAction": {"Path": f"{code}/install_deps.sh", "Args": [f"{code}/constraints.txt", f"{code}/{BUNDLE_NAME}"]},
+                "ScriptBootstrapAction": {"Path": f"{code}/install_deps.sh", "Args": [f"{code}/constraints.txt", f"{code}/{BUNDLE_NAME}"]
+                                          + (["torch"] if checkpoint_uri else [])},  # fmt: skip
             }
         ],
         "Configurations": spark_configurations(args.executor_memory, args.executor_cores),
@@ -167,9 +189,9 @@ def plan_launch(args: argparse.Namespace) -> LaunchPlan:
         "OUTPUT_ROOT": f"{root}/experiments",
         "TIER": args.tier,
     }
-    optional = {"PARENT_SAMPLE_URI": args.parent_sample, "BRICKS_TABLE_URI": args.bricks_table, "COADD_ROOT_URI": args.coadd_root}
+    optional = {"PARENT_SAMPLE_URI": args.parent_sample, "BRICKS_TABLE_URI": args.bricks_table, "COADD_ROOT_URI": args.coadd_root, "CHECKPOINT_URI": checkpoint_uri}
     values.update({k: v for k, v in optional.items() if v})
-    plan.steps = [render_step(STEPS_DIR / f"phase{stage}.json", values) for stage in args.stages.split(",")]
+    plan.steps = [render_step(step_template(stage, args.score_input), values) for stage in stages]
     return plan
 
 
@@ -218,7 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bricks-table", help="s3 URI of the bricks table (4a)")
     p.add_argument("--coadd-root", help="s3 URI of the brick coadds (4c)")
     p.add_argument("--cosmos-library", help="local COSMOS HDF5 library to upload (sets data.cosmos_library_path)")
-    p.add_argument("--stages", default="4a,4c,4d", help="comma-separated stages, in order")
+    p.add_argument("--stages", default="4a,4c,4d", help="comma-separated stages, in order (4a, 4c, 4d, score)")
+    p.add_argument("--checkpoint", help="score: dhs-train checkpoint (best.pt), a local file (uploaded to <s3-root>/code/<id>/checkpoint/) or an s3:// URI")
+    p.add_argument("--score-input", default="stamps", choices=["stamps", "parent"],
+                   help="score: the experiment's 4c stamps, or the parent sample cut from --coadd-root (needs --parent-sample, --bricks-table)")  # fmt: skip
     p.add_argument("--tier", default="train", choices=["debug", "grid", "train"])
     p.add_argument("--release-label", default=DEFAULT_RELEASE, help="emr-7.x (Spark 3.5)")
     p.add_argument("--cluster-name")

@@ -151,3 +151,76 @@ def test_bootstrap_installs_pinned_packages_for_python311():
     assert set(packages) <= pins, f"unpinned bootstrap packages: {set(packages) - pins}"
     assert "pyspark" not in packages, "EMR provides Spark; a pip pyspark would shadow it"
     assert '-c "$WORK/constraints.txt"' in script
+
+
+# -- the score step --------------------------------------------------------------------------------
+
+
+def test_score_step_uploads_checkpoint_and_installs_torch(moto_endpoint, tmp_path, capsys):
+    s3, emr = _clients(moto_endpoint)
+    s3.create_bucket(Bucket="dhs-bucket")
+    ckpt = tmp_path / "best.pt"
+    ckpt.write_bytes(b"PK\x03\x04 not really a checkpoint" + bytes(range(64)))
+    rc = launch.main([*ARGS, "--stages", "4a,4c,score", "--checkpoint", str(ckpt), "--endpoint-url", moto_endpoint, "--region", "us-east-1"])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    steps = emr.list_steps(ClusterId=report["cluster_id"])["Steps"]
+    by_stage = {s["Config"]["Args"][s["Config"]["Args"].index("--stage") + 1]: s["Config"]["Args"] for s in steps}
+    assert set(by_stage) == {"4a", "4c", "score"}
+    score = by_stage["score"]
+    assert score[0] == "spark-submit" and not any("${" in a for a in score)
+    uploaded = "s3://dhs-bucket/runs/code/exp42/checkpoint/best.pt"
+    assert score[score.index("--checkpoint") + 1] == uploaded and score[score.index("--score-input") + 1] == "stamps"
+    assert score[score.index("--experiment-id") + 1] == "exp42" and "--resume" in score
+    assert s3.get_object(Bucket="dhs-bucket", Key="runs/code/exp42/checkpoint/best.pt")["Body"].read() == ckpt.read_bytes()
+    (action,) = emr.list_bootstrap_actions(ClusterId=report["cluster_id"])["BootstrapActions"]
+    assert action["Args"][-1] == "torch", "a score step needs torch on the nodes"
+    import io
+    import zipfile
+
+    bundle = s3.get_object(Bucket="dhs-bucket", Key="runs/code/exp42/dark_halo_scope.zip")["Body"].read()
+    names = zipfile.ZipFile(io.BytesIO(bundle)).namelist()
+    assert "trainer/score.py" in names and "dhs_spark/jobs/score_stage.py" in names
+
+
+def test_parent_score_step_takes_4a_inputs_and_an_s3_checkpoint_as_is(capsys, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # a dry run calls nothing
+    ckpt = "s3://dhs-bucket/models/best.pt"
+    assert launch.main([*ARGS, "--stages", "4a,score", "--checkpoint", ckpt, "--score-input", "parent", "--dry-run"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    a4, score = (s["HadoopJarStep"]["Args"] for s in out["add_job_flow_steps"])
+    assert score[score.index("--score-input") + 1] == "parent" and score[score.index("--checkpoint") + 1] == ckpt
+    for flag in ("--parent-sample", "--bricks-table"):
+        assert score[score.index(flag) + 1] == a4[a4.index(flag) + 1], f"the search set is 4a's {flag}"
+    assert ("--select-lrg" in score) == ("--select-lrg" in a4), "the same LRG selection as 4a"
+    assert score[score.index("--coadd-root") + 1] == "s3://dhs-bucket/in/coadd"
+    assert not any(u["uri"].endswith("best.pt") for u in out["uploads"]), "an s3:// checkpoint is not uploaded again"
+    assert out["run_job_flow"]["BootstrapActions"][0]["ScriptBootstrapAction"]["Args"][-1] == "torch"
+
+
+def test_score_step_without_checkpoint_is_an_error(tmp_path):
+    args = launch.build_parser().parse_args([*ARGS, "--stages", "score"])
+    with pytest.raises(SystemExit, match="--checkpoint"):
+        launch.plan_launch(args)
+    args = launch.build_parser().parse_args([*ARGS, "--stages", "score", "--checkpoint", str(tmp_path / "missing.pt")])
+    with pytest.raises(SystemExit, match="missing.pt: no such file"):
+        launch.plan_launch(args)
+
+
+def test_no_score_step_no_torch_install():
+    plan = launch.plan_launch(launch.build_parser().parse_args(ARGS))
+    assert plan.run_job_flow["BootstrapActions"][0]["ScriptBootstrapAction"]["Args"][-1].endswith(".zip")
+
+
+def test_score_step_templates_follow_the_convention():
+    for score_input in ("stamps", "parent"):
+        step = json.loads(launch.step_template("score", score_input).read_text())
+        args = step["HadoopJarStep"]["Args"]
+        assert step["HadoopJarStep"]["Jar"] == "command-runner.jar" and args[0] == "spark-submit"
+        assert args[args.index("--stage") + 1] == "score" and args[args.index("--score-input") + 1] == score_input
+        assert args[args.index("--checkpoint") + 1] == "${CHECKPOINT_URI}"
+        assert any(a.endswith("/phase4_pipeline.py") for a in args)
+    script = (REPO / "bootstrap" / "install_deps.sh").read_text()
+    score_packages = shlex.split(re.search(r'^SCORE_PACKAGES="([^"]+)"', script, re.M).group(1))
+    pins = {line.split("==")[0].lower() for line in (REPO / "constraints.txt").read_text().splitlines() if "==" in line}
+    assert "torch" in score_packages and set(score_packages) <= pins
