@@ -66,12 +66,19 @@ def arc_sector_snr(arc_chw: np.ndarray, invvar_chw: np.ndarray, theta_e_arcsec: 
 
     if not (theta_e_arcsec > 0):
         return 0.0
-    ivar = np.where(np.isfinite(invvar_chw) & (invvar_chw > 0), invvar_chw, 0.0).astype(np.float64)
-    wsum = ivar.sum(axis=0)
-    snr_map = np.where(wsum > 0, (arc_chw * ivar).sum(axis=0) / np.sqrt(np.where(wsum > 0, wsum, 1.0)), 0.0)
     r_in = max(DEFAULT_ANNULUS_ARCSEC[0], theta_e_arcsec - ANNULUS_HALF_WIDTH_ARCSEC)
     r_out = max(r_in + 0.5, theta_e_arcsec + ANNULUS_HALF_WIDTH_ARCSEC)
-    r_pix, sector = ring_sectors(snr_map.shape)
+    r_pix, sector = ring_sectors(arc_chw.shape[1:])
+    # only the square around the annulus is read: the same pixels, in the same order, as the whole stamp
+    h, w = arc_chw.shape[1:]
+    cy, cx = h // 2, w // 2
+    half = int(math.ceil(r_out / pixscale_arcsec)) + 1
+    rows, cols = slice(max(cy - half, 0), min(cy + half + 1, h)), slice(max(cx - half, 0), min(cx + half + 1, w))
+    inv = invvar_chw[:, rows, cols]
+    ivar = np.where(np.isfinite(inv) & (inv > 0), inv, 0.0).astype(np.float64)
+    wsum = ivar.sum(axis=0)
+    snr_map = np.where(wsum > 0, (arc_chw[:, rows, cols] * ivar).sum(axis=0) / np.sqrt(np.where(wsum > 0, wsum, 1.0)), 0.0)
+    r_pix, sector = r_pix[rows, cols], sector[rows, cols]
     r_arcsec = r_pix * pixscale_arcsec
     valid = (r_arcsec >= r_in) & (r_arcsec <= r_out) & (wsum > 0)
     sums = np.bincount(sector[valid], weights=snr_map[valid], minlength=N_SECTORS)

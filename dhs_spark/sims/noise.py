@@ -63,8 +63,13 @@ DEFAULT_CLIP_SIGMA = 4.0
 DEFAULT_GROW_PIX = 2
 MIN_SKY_PIXELS = 400
 # Zero padding of the synthesis FFT, pixels: the filter (the inverse transform of sqrt(PSD)) holds
-# < 1e-4 of its power beyond 8 px for the DR10 correlations measured here, so wrap-around is negligible.
+# <= 3e-4 of its power beyond 8 px for the six DR10 cutouts' correlations, so wrap-around is negligible.
 _SYNTH_PAD_PIX = 8
+# How far the synthesis box reaches beyond the pixels whose noise is not negligible, pixels: the
+# noise leaking further comes from edge pixels at the negligible level through the filter's tail,
+# which holds <= 2.1% of its power beyond 3 px (the same six cutouts), so <= 15% of a level that
+# is itself negligible (inject: 1% of the sky's standard deviation).
+_LEAK_PAD_PIX = 3
 
 
 @dataclass(frozen=True)
@@ -301,6 +306,14 @@ def _filter_transfer_cached(rho_bytes: bytes, rho_shape: tuple[int, ...], shape:
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def _filter_transfer_float32(rho_bytes: bytes, rho_shape: tuple[int, ...], shape: tuple[int, int]) -> np.ndarray:
+    """:func:`filter_transfer` as float32, the precision the synthesis multiplies in (cached: once per brick and box shape)."""
+    out = _filter_transfer_cached(rho_bytes, rho_shape, shape).astype(np.float32)
+    out.setflags(write=False)
+    return out
+
+
 def _filter_transfer(rho: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     cy, sy, cx, sx, weight = _dft_tables(tuple(shape), rho.shape[-1] // 2)
     # the DFT of the symmetric rho is real: sum rho(d) cos(a_y d_y + a_x d_x)
@@ -311,6 +324,16 @@ def _filter_transfer(rho: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.sqrt(psd / norm[:, None, None])
 
 
+def synthesis_shape(box_h: int, box_w: int) -> tuple[int, int]:
+    """The square FFT grid the noise of a (box_h, box_w) box is synthesised on: the box plus
+    ``_SYNTH_PAD_PIX`` of zero padding, rounded up to a multiple of 16 (32, 48, 64, 80, ...: all
+    fast FFT lengths). Few sizes, so the filter's transfer function (cached per correlation and
+    grid) is computed a handful of times per brick, not once per arc."""
+    n = max(int(box_h), int(box_w)) + _SYNTH_PAD_PIX
+    n = -(-n // 16) * 16
+    return n, n
+
+
 def correlated_noise(
     std_nmgy: np.ndarray, corr: NoiseCorrelation, rng: np.random.Generator, negligible_std_nmgy: Optional[np.ndarray] = None
 ) -> np.ndarray:
@@ -319,7 +342,7 @@ def correlated_noise(
 
     The noise is made on the bounding box of the pixels whose standard deviation reaches
     ``negligible_std_nmgy`` (per band, (C,); default 0: every pixel with std > 0) in some band,
-    grown by the filter's reach (``_SYNTH_PAD_PIX``), and is 0 outside. Noise leaks up to the
+    grown by the filter's reach (``_LEAK_PAD_PIX``), and is 0 outside. Noise leaks up to the
     filter's size (~L pixels) beyond where ``std_nmgy`` > 0, as photon noise resampled into a
     coadd does. Draws (C, box) float32 standard normals from ``rng`` in one call, so a seeded rng
     gives the same noise.
@@ -330,15 +353,14 @@ def correlated_noise(
     if std.size and not (math.isfinite(float(std.max())) and std.min() >= 0):
         raise ValueError("std_nmgy must be finite and >= 0")
     out = np.zeros(std.shape, dtype=np.float32)
-    if negligible_std_nmgy is None:
-        support = np.any(std > 0, axis=0)
-    else:
-        floor = np.asarray(negligible_std_nmgy, dtype=np.float32).reshape(-1, 1, 1)
-        support = np.any((std >= floor) & (std > 0), axis=0)
-    if not support.any():
-        return out
+    # std >= floor with a floor > 0 also says std > 0: one comparison per pixel
+    floor = np.zeros(std.shape[0], dtype=np.float32) if negligible_std_nmgy is None else np.asarray(negligible_std_nmgy, dtype=np.float32).reshape(-1)
+    floor = np.maximum(floor, np.finfo(np.float32).tiny).reshape(-1, 1, 1)
+    support = np.any(std >= floor, axis=0)
     rows, cols = np.flatnonzero(support.any(axis=1)), np.flatnonzero(support.any(axis=0))
-    pad = _SYNTH_PAD_PIX if corr.estimated else 0
+    if not rows.size:
+        return out
+    pad = _LEAK_PAD_PIX if corr.estimated else 0
     _, h, w = std.shape
     y0, y1 = max(rows[0] - pad, 0), min(rows[-1] + 1 + pad, h)
     x0, x1 = max(cols[0] - pad, 0), min(cols[-1] + 1 + pad, w)
@@ -346,9 +368,10 @@ def correlated_noise(
     white = rng.standard_normal(box.shape, dtype=np.float32)
     white *= box
     if corr.estimated:
-        shape = (sfft.next_fast_len(y1 - y0 + _SYNTH_PAD_PIX, real=True), sfft.next_fast_len(x1 - x0 + _SYNTH_PAD_PIX, real=True))
+        shape = synthesis_shape(y1 - y0, x1 - x0)
         spec = sfft.rfft2(white, shape)
-        spec *= filter_transfer(corr.rho, shape).astype(np.float32)
+        rho = np.ascontiguousarray(corr.rho, dtype=np.float64)
+        spec *= _filter_transfer_float32(rho.tobytes(), rho.shape, tuple(int(v) for v in shape))
         white = sfft.irfft2(spec, shape)[:, : y1 - y0, : x1 - x0]
     out[:, y0:y1, x0:x1] = white
     return out
