@@ -109,10 +109,16 @@ def score_images(checkpoint_path: str, images: np.ndarray, device: str = "cpu", 
     return make_score_fn(model, pre, dev, batch_size)(images)
 
 
+SCORE_FLAG_COLUMNS = ("is_control", "is_null_injection")
+"""Columns of the stamps copied into the score table after ``score`` (null where a stamp file
+lacks them), so that hard-negative mining can prove a row real (``dhs_spark.hardneg.real_score_rows``)."""
+
+
 def score_parquet(checkpoint_path: str, data: str, output: str, device: str = "cpu", split: str | None = None, batch_size: int = 256) -> int:
     """Score every stamp of ``data`` (or one ``split``) and write ``output`` Parquet with
-    columns task_id, ra, dec, score (and label when the input has it), in input order.
-    Returns the number of rows written."""
+    columns task_id, ra, dec, (label when the input has it), score, is_control,
+    is_null_injection (the stamp's flags, null where its file lacks the column), in input
+    order. Returns the number of rows written."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -126,14 +132,19 @@ def score_parquet(checkpoint_path: str, data: str, output: str, device: str = "c
     if missing:
         raise ValueError(f"{data}: stamps lack columns {missing} needed in the score table")
     id_cols = [COL.task_id, COL.ra, COL.dec] + ([COL.label] if COL.label in index.columns else [])
-    schema = pa.schema([pa.field(c, t) for c, t in zip(id_cols, (pa.string(), pa.float64(), pa.float64(), pa.int32()))] + [pa.field("score", pa.float64())])
+    flag_cols = [getattr(COL, c) for c in SCORE_FLAG_COLUMNS]
+    schema = pa.schema([pa.field(c, t) for c, t in zip(id_cols, (pa.string(), pa.float64(), pa.float64(), pa.int32()))] + [pa.field("score", pa.float64())]
+                       + [pa.field(c, pa.bool_()) for c in flag_cols])  # fmt: skip
     n = 0
     with pq.ParquetWriter(output, schema) as writer:
         for rg, local in index.groups_of(index.rows(split)):
-            images, table = index.read_images(rg, tuple(id_cols))
+            present = [c for c in flag_cols if index.file_has_column(rg, c)]
+            images, table = index.read_images(rg, tuple(id_cols + present))
             table = table.take(pa.array(local))
             scores = score_fn(images[local])
-            writer.write_table(pa.Table.from_arrays([*(table.column(c).cast(schema.field(c).type) for c in id_cols), pa.array(scores)], schema=schema))
+            flags = [table.column(c).cast(pa.bool_()) if c in present else pa.nulls(len(local), pa.bool_()) for c in flag_cols]
+            columns = [*(table.column(c).cast(schema.field(c).type) for c in id_cols), pa.array(scores), *flags]
+            writer.write_table(pa.Table.from_arrays(columns, schema=schema))
             n += len(local)
     log.info("scored %d stamps of %s -> %s", n, data, output)
     return n
@@ -143,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dhs-score", description="Score Parquet stamps with a trained checkpoint.")
     parser.add_argument("--checkpoint", required=True, help="best.pt / last.pt written by dhs-train")
     parser.add_argument("--data", required=True, help="stamp Parquet file or directory (local or s3://)")
-    parser.add_argument("--output", required=True, help="output Parquet: task_id, ra, dec, score[, label]")
+    parser.add_argument("--output", required=True, help="output Parquet: task_id, ra, dec[, label], score, is_control, is_null_injection")
     parser.add_argument("--split", choices=("train", "val", "test"), default=None, help="score only this split (default: all rows)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     parser.add_argument("--batch-size", type=int, default=256)
