@@ -18,12 +18,20 @@ Layout of the work:
 - Images are decoded by :func:`dhs_spark.schema.decode_image_column` (the schema module's one
   decoder of the binary image column) into an (N, C, H, W) float32 view of the Arrow buffer,
   without copying or building Python objects.
+- Hard-negative stamps: label-0 rows cut at look-alike positions carry ``hard_neg_source`` (a
+  tag: ring, merger, model_fp, ...; null for ordinary rows) and ``hard_neg_weight`` (float32;
+  null for ordinary rows). :func:`plan_hard_negative_stamps` picks the tags to train on, caps
+  their share of an epoch (a seeded subsample redrawn each epoch, served through
+  :class:`StampDataset`'s ``epoch_rows``) and gives their loss weights. Stamp sets without the
+  columns train exactly as before.
 """
 
 from __future__ import annotations
 
+import logging
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -45,6 +53,14 @@ SPLITS = ("train", "val", "test")
 GATE_TRUTH_COLUMNS = (COL.source_x_arcsec, COL.source_y_arcsec, COL.source_r_eff_arcsec)
 INDEX_COLUMNS = (COL.label, COL.split, COL.ra, COL.dec, COL.theta_e_arcsec, COL.arc_snr_sum, COL.psf_fwhm_r_arcsec, COL.is_null_injection, *GATE_TRUTH_COLUMNS)
 TRUTH_COLUMNS = (COL.theta_e_arcsec, COL.arc_snr_sum, COL.psf_fwhm_r_arcsec)
+# Hard-negative stamp columns: not (yet) in dhs_spark.schema, so named here; read when a file has
+# them. A file without them reads as null (ordinary rows); the index keeps them only when some
+# file has them.
+HARD_NEG_SOURCE = "hard_neg_source"
+HARD_NEG_WEIGHT = "hard_neg_weight"
+HARD_NEG_COLUMNS = (HARD_NEG_SOURCE, HARD_NEG_WEIGHT)
+
+log = logging.getLogger(__name__)
 
 
 def list_parquet_files(path: str) -> tuple[object, list[str]]:
@@ -74,6 +90,27 @@ def _hive_value(file_path: str, key: str) -> str | None:
         if part.startswith(f"{key}="):
             return part[len(key) + 1 :]
     return None
+
+
+def _hard_negative_columns(table: pa.Table, names: set[str]) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """``(hard_neg_source as objects with None, hard_neg_weight as float64 with NaN)`` of one
+    file, None when the file has neither column (one alone reads the other as null)."""
+    if not any(c in names for c in HARD_NEG_COLUMNS):
+        return None
+    n = table.num_rows
+    source = table.column(HARD_NEG_SOURCE).to_numpy(zero_copy_only=False).astype(object) if HARD_NEG_SOURCE in names else np.full(n, None, object)
+    weight = (
+        table.column(HARD_NEG_WEIGHT).cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False) if HARD_NEG_WEIGHT in names else np.full(n, np.nan)
+    )
+    return source, weight
+
+
+def _file_rows(row_groups: list, n_files: int) -> list[int]:
+    """Rows per file from the row-group list."""
+    out = [0] * n_files
+    for rg in row_groups:
+        out[rg.file_index] += rg.n_rows
+    return out
 
 
 @dataclass(frozen=True)
@@ -112,6 +149,7 @@ class StampIndex:
         parts: dict[str, list[np.ndarray]] = {}
         offset = 0
         common: set[str] | None = None
+        hard_parts: list[Optional[tuple[np.ndarray, np.ndarray]]] = []
         for i, f in enumerate(files):
             try:
                 pf = pq.ParquetFile(fs.open_input_file(f))
@@ -126,9 +164,10 @@ class StampIndex:
                 n = pf.metadata.row_group(rg).num_rows
                 row_groups.append(RowGroup(i, rg, n, offset))
                 offset += n
-            cols = [c for c in INDEX_COLUMNS if c in names]
+            cols = [c for c in (*INDEX_COLUMNS, *HARD_NEG_COLUMNS) if c in names]
             table = pf.read(columns=cols)
             hive_split = _hive_value(f, COL.split)
+            hard_parts.append(_hard_negative_columns(table, names))
             for c in INDEX_COLUMNS:
                 if c == COL.is_null_injection:
                     # absent (stamps that predate the column) or null: not a null injection
@@ -145,6 +184,11 @@ class StampIndex:
         for c, chunks in parts.items():
             if all(ch is not None for ch in chunks):
                 meta[c] = np.concatenate(chunks) if chunks else np.zeros(0)
+        if any(p is not None for p in hard_parts):
+            n_of = _file_rows(row_groups, len(files))
+            filled = [p if p is not None else (np.full(n, None, object), np.full(n, np.nan)) for p, n in zip(hard_parts, n_of)]
+            meta[HARD_NEG_SOURCE] = np.concatenate([p[0] for p in filled]) if filled else np.zeros(0, object)
+            meta[HARD_NEG_WEIGHT] = np.concatenate([p[1] for p in filled]) if filled else np.zeros(0)
         if COL.split in meta:
             meta[COL.split] = meta[COL.split].astype(str)
         if COL.label in meta:
@@ -267,7 +311,9 @@ def load_arc_images(index: StampIndex, rows: np.ndarray) -> tuple[np.ndarray, np
 class StampDataset(torch.utils.data.IterableDataset):
     """Iterable of preprocessed batches ``{"image", "label", "weight", "row"}`` (torch tensors).
 
-    ``rows``: global row indices to serve (e.g. ``index.rows("train")``). ``weights``: per
+    ``rows``: global row indices to serve (e.g. ``index.rows("train")``). ``epoch_rows``:
+    optional ``f(epoch) -> rows`` that replaces ``rows`` at each :meth:`set_epoch` (the
+    hard-negative subsample of :class:`HardNegativeStampPlan`). ``weights``: per
     global row sample weights (hard negatives), default 1. With ``shuffle`` the row-group order
     and a buffer of ``shuffle_buffer`` stamps are permuted each epoch; with ``augment`` each
     stamp gets a random flip/rotation. Call :meth:`set_epoch` before each epoch. Use with
@@ -286,14 +332,15 @@ class StampDataset(torch.utils.data.IterableDataset):
         augment: bool = False,
         seed: int = 0,
         shuffle_buffer: int = 4096,
+        epoch_rows: Optional[Callable[[int], np.ndarray]] = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
         if COL.label not in index.meta:
             raise InputDataError(f"{index.path}: no '{COL.label}' column; training and validation need labels")
         self.index = index
-        self.rows = np.sort(np.asarray(rows, dtype=np.int64))
-        self.groups = index.groups_of(self.rows)
+        self.epoch_rows = epoch_rows
+        self._set_rows(rows)
         self.batch_size = int(batch_size)
         self.preprocess_cfg = preprocess_cfg
         self.weights = np.ones(index.n_rows, np.float32) if weights is None else np.asarray(weights, np.float32)
@@ -315,8 +362,15 @@ class StampDataset(torch.utils.data.IterableDataset):
         counts = [sum(len(local) for _, local in self.assigned_groups(w, max(num_workers, 1))) for w in range(max(num_workers, 1))]
         return sum(-(-c // self.batch_size) for c in counts)
 
+    def _set_rows(self, rows: np.ndarray) -> None:
+        self.rows = np.sort(np.asarray(rows, dtype=np.int64))
+        self.groups = self.index.groups_of(self.rows)
+
     def set_epoch(self, epoch: int) -> None:
+        """Select the epoch (seeds the shuffles; with ``epoch_rows``, also the rows served)."""
         self.epoch = int(epoch)
+        if self.epoch_rows is not None:
+            self._set_rows(self.epoch_rows(self.epoch))
 
     def assigned_groups(self, worker_id: int, num_workers: int) -> list[tuple[RowGroup, np.ndarray]]:
         """The row groups worker ``worker_id`` of ``num_workers`` reads this epoch."""
@@ -358,6 +412,102 @@ class StampDataset(torch.utils.data.IterableDataset):
                 }
             buffer = [(images[n_full:], rows[n_full:])] if n_full < len(rows) else []
             buffered = len(rows) - n_full
+
+
+@dataclass(frozen=True)
+class HardNegativeStampPlan:
+    """How the training split's hard-negative stamps are served (see :func:`plan_hard_negative_stamps`).
+
+    ``ordinary``: training rows always served (untagged rows, and tagged positives). ``hard``:
+    the tagged label-0 rows of the chosen sources. ``n_hard_per_epoch``: how many of ``hard``
+    each epoch serves (all, unless ``max_fraction`` caps them). ``weights``: per global row loss
+    weight (``hard_neg_weight * weight`` on ``hard``, 1 elsewhere). ``is_hard``: per global row,
+    whether it is in ``hard``. ``report``: counts for metrics.json.
+    """
+
+    ordinary: np.ndarray
+    hard: np.ndarray
+    n_hard_per_epoch: int
+    weights: np.ndarray
+    is_hard: np.ndarray
+    seed: int
+    report: dict = field(default_factory=dict)
+
+    def epoch_rows(self, epoch: int) -> np.ndarray:
+        """Sorted global rows of training epoch ``epoch``: every ordinary row plus
+        ``n_hard_per_epoch`` hard rows (all of them, or a subsample seeded by the seed and epoch)."""
+        hard = self.hard
+        if self.n_hard_per_epoch < len(hard):
+            hard = rng_from_seed(stable_hash64("hard-negative-stamps", self.seed, int(epoch))).choice(hard, self.n_hard_per_epoch, replace=False)
+        return np.sort(np.concatenate([self.ordinary, hard]).astype(np.int64))
+
+
+def plan_hard_negative_stamps(
+    index: StampIndex, train_rows: np.ndarray, weight: float, max_fraction: float, sources: Optional[list[str]], seed: int
+) -> Optional[HardNegativeStampPlan]:
+    """The hard-negative stamps of ``train_rows``, or None when the stamp set has no
+    ``hard_neg_source`` column (then training is exactly as without this function).
+
+    A hard-negative row is a label-0 row with a non-null ``hard_neg_source``; a tagged positive
+    (an injection onto a look-alike host) is a lens, kept as an ordinary row at weight 1 and
+    counted. Rows whose tag is not in ``sources`` (None: every tag) are left out of training.
+    Weight of a used row: ``hard_neg_weight * weight``; a null ``hard_neg_weight`` counts as 1
+    (logged); a negative or non-finite one raises :class:`InputDataError` naming the file and row.
+    ``max_fraction`` (0..1): at most this share of an epoch's stamps are hard rows,
+    ``n_hard <= max_fraction * n_ordinary / (1 - max_fraction)`` (1: no cap).
+    """
+    if HARD_NEG_SOURCE not in index.meta:
+        if sources is not None:
+            log.info("hard negatives: %s has no '%s' column; hard_negatives.sources/weight/max_fraction are unused", index.path, HARD_NEG_SOURCE)
+        return None
+    if not (0.0 <= max_fraction <= 1.0):
+        raise ValueError(f"hard_negatives.max_fraction must lie in [0, 1], got {max_fraction!r}")
+    if not (weight >= 0 and np.isfinite(weight)):
+        raise ValueError(f"hard_negatives.weight must be a finite number >= 0, got {weight!r}")
+    rows = np.sort(np.asarray(train_rows, dtype=np.int64))
+    tag = index.meta[HARD_NEG_SOURCE][rows]
+    label = index.meta[COL.label][rows]
+    tagged = np.array([t is not None for t in tag], bool)
+    hard_all = tagged & (label == 0)
+    present = sorted({str(t) for t in tag[hard_all]})
+    chosen = hard_all if sources is None else hard_all & np.isin(tag.astype(str), list(sources))
+    absent = sorted(set(sources or ()) - set(present))
+    if absent:
+        log.warning("hard negatives: hard_negatives.sources lists %s, which no label-0 training stamp carries (present: %s)", absent, present)
+    hard = rows[chosen]
+    raw = index.meta[HARD_NEG_WEIGHT][hard].astype(np.float64)
+    null_weight = np.isnan(raw)
+    bad = ~null_weight & ~(np.isfinite(raw) & (raw >= 0))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        rg, local = index.groups_of(hard[i : i + 1])[0]
+        raise InputDataError(f"{index.where(rg)}, row {int(local[0])}: {HARD_NEG_WEIGHT} must be finite and >= 0, got {float(raw[i])!r} "
+                             f"(global row {int(hard[i])})")  # fmt: skip
+    if null_weight.any():
+        log.warning("hard negatives: %d hard-negative stamps have a null %s; using 1 for them", int(null_weight.sum()), HARD_NEG_WEIGHT)
+    weights = np.ones(index.n_rows, np.float32)
+    weights[hard] = (np.where(null_weight, 1.0, raw) * weight).astype(np.float32)
+    is_hard = np.zeros(index.n_rows, bool)
+    is_hard[hard] = True
+    ordinary = rows[~hard_all]
+    if max_fraction >= 1.0:
+        n_epoch = len(hard)
+    else:
+        n_epoch = min(len(hard), int(np.floor(max_fraction * len(ordinary) / (1.0 - max_fraction) + 1e-9)))
+    report = {
+        "sources_present": {t: int((tag[hard_all] == t).sum()) for t in present},
+        "sources_used": sorted({str(t) for t in tag[chosen]}),
+        "left_out_of_training": int((hard_all & ~chosen).sum()),
+        "tagged_positives_as_ordinary": int((tagged & (label == 1)).sum()),
+        "n_hard": int(len(hard)),
+        "n_hard_per_epoch": int(n_epoch),
+        "n_ordinary": int(len(ordinary)),
+        "null_weight_rows": int(null_weight.sum()),
+        "weight": float(weight),
+        "max_fraction": float(max_fraction),
+    }
+    log.info("hard-negative stamps: %s", report)
+    return HardNegativeStampPlan(ordinary=ordinary, hard=hard, n_hard_per_epoch=n_epoch, weights=weights, is_hard=is_hard, seed=int(seed), report=report)
 
 
 def make_loader(dataset: StampDataset, num_workers: int = 0, pin_memory: bool = False):

@@ -5,7 +5,12 @@
     dhs-train --config CFG.yaml --data PATH --hard-neg-path P --hard-neg-weight 5 \\
               --out-dir D --epochs 50 --early-stopping-patience 5 --device auto|cpu|cuda
 
-Flags override the config's fields. Training: AdamW, a per-step learning-rate schedule (linear
+Flags override the config's fields. The seed's underscore spellings are accepted as deprecated
+aliases (:data:`SEED_FLAG_ALIASES`; one deprecation line per run names those used):
+``--hard_neg_path`` = ``--hard-neg-path`` (hard_negatives.hard_neg_path, and enables the join),
+``--hard_neg_weight`` = ``--hard-neg-weight`` (hard_negatives.hard_neg_weight), ``--out_dir`` =
+``--out-dir`` (output_dir), ``--early_stopping_patience`` = ``--early-stopping-patience``
+(training.early_stopping_patience). Training: AdamW, a per-step learning-rate schedule (linear
 warm-up then cosine, or constant), BCE or focal loss times per-sample weights (hard negatives
 matched by position, :mod:`trainer.hardneg_join`), early stopping on a validation metric
 (``training.early_stopping_metric``: ``val_auroc``, ``val_loss`` or ``val_tpr_at_fpr_<f>``,
@@ -16,6 +21,12 @@ Writes to ``out_dir``: ``config.yaml``, ``last.pt`` (every epoch, for ``--resume
 and ``best.safetensors`` (best validation metric), and ``metrics.json`` rewritten after every
 epoch: per-epoch metrics, the hard-negative join report, and at the end the best model's
 validation and test reports and the model-level gates (:mod:`trainer.gates`).
+
+Hard-negative stamps (label-0 rows with ``hard_neg_source``/``hard_neg_weight``, when the stamp
+set has these columns) are chosen, capped per epoch and weighted by ``hard_negatives.sources``,
+``max_fraction`` and ``weight`` (:func:`trainer.data.plan_hard_negative_stamps`); a stamp both
+tagged and matched by the lookup takes the larger weight. ``metrics.json`` then holds their
+report under ``hard_negative_stamps``.
 
 Null injections (``is_null_injection``) are left out of training and of the validation and test
 metrics unless ``data.null_injections_in_training``; the null-injection gate scores those of
@@ -44,8 +55,19 @@ from dhs_spark.config.experiment import ExperimentConfig, from_dict, from_yaml, 
 from dhs_spark.config.seeds import rng_from_seed, set_all_seeds, stable_hash64
 from dhs_spark.errors import ConfigError, ConfigErrors
 from trainer.checkpoint import load_checkpoint, save_checkpoint
-from trainer.data import COL, GATE_TRUTH_COLUMNS, TRUTH_COLUMNS, StampDataset, StampIndex, load_arc_images, load_images, make_loader
-from trainer.hardneg_join import join_hard_negatives, load_lookup
+from trainer.data import (
+    COL,
+    GATE_TRUTH_COLUMNS,
+    TRUTH_COLUMNS,
+    HardNegativeStampPlan,
+    StampDataset,
+    StampIndex,
+    load_arc_images,
+    load_images,
+    make_loader,
+    plan_hard_negative_stamps,
+)
+from trainer.hardneg_join import HardNegativeJoin, join_hard_negatives, load_lookup
 from trainer.metrics import classification_report
 from trainer.models import build_model
 from trainer.preprocess import PreprocessConfig
@@ -78,15 +100,43 @@ def progress(iterable, total: int, desc: str, stream=None):
 # ---------------------------------------------------------------- configuration
 
 
+SEED_FLAG_ALIASES = {
+    "--hard_neg_path": "--hard-neg-path",
+    "--hard_neg_weight": "--hard-neg-weight",
+    "--out_dir": "--out-dir",
+    "--early_stopping_patience": "--early-stopping-patience",
+}
+"""The seed's underscore flags (deprecated) -> the project's flags; each maps to the same
+config field as its project flag (see the module docstring)."""
+
+
+class _StoreRecordingAlias(argparse.Action):
+    """``store``, also recording in ``namespace.deprecated_aliases`` a deprecated spelling used."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        if option_string in SEED_FLAG_ALIASES and option_string not in namespace.deprecated_aliases:
+            namespace.deprecated_aliases.append(option_string)
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dhs-train", description="Train a lens classifier on Parquet stamps.")
+    p.set_defaults(deprecated_aliases=[])
+    alias = {canonical: seed for seed, canonical in SEED_FLAG_ALIASES.items()}
+
+    def flag(name: str, **kwargs):
+        if name in alias:
+            p.add_argument(name, alias[name], action=_StoreRecordingAlias, **kwargs)
+        else:
+            p.add_argument(name, **kwargs)
+
     p.add_argument("--config", help="experiment YAML (dhs_spark.config.ExperimentConfig); defaults when absent")
     p.add_argument("--data", required=True, help="stamp Parquet file or directory (local or s3://)")
-    p.add_argument("--out-dir", help="output directory (default: the config's output_dir)")
-    p.add_argument("--hard-neg-path", help="hard-negative lookup Parquet (enables hard negatives)")
-    p.add_argument("--hard-neg-weight", type=float, help="multiplier of the lookup weight of matched negatives")
+    flag("--out-dir", help="output directory (default: the config's output_dir); --out_dir is a deprecated alias")
+    flag("--hard-neg-path", help="hard-negative lookup Parquet, or its directory (enables the position join); --hard_neg_path is a deprecated alias")
+    flag("--hard-neg-weight", type=float, help="multiplier of the lookup weight of matched negatives; --hard_neg_weight is a deprecated alias")
     p.add_argument("--epochs", type=int)
-    p.add_argument("--early-stopping-patience", type=int)
+    flag("--early-stopping-patience", type=int, help="epochs without improvement before stopping; --early_stopping_patience is a deprecated alias")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--num-workers", type=int)
@@ -258,6 +308,23 @@ def flat_metrics(prefix: str, report: dict) -> dict:
 # ---------------------------------------------------------------- the run
 
 
+def combine_weights(plan: HardNegativeStampPlan, join: HardNegativeJoin | None, labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Per global row loss weights of a run with hard-negative stamps (``plan``) and perhaps
+    the lookup join (``join``, None without one): a hard-negative stamp takes its plan weight, a
+    label-0 stamp matched by the lookup its join weight, a stamp that is both the larger of the
+    two (never their product: both say "this object is a hard negative"); others 1. Returns
+    ``(weights, number of stamps that are both)``."""
+    weights = plan.weights.copy()
+    if join is None:
+        return weights, 0
+    matched = (join.lookup_index >= 0) & (np.asarray(labels) == 0)
+    both, only_lookup = matched & plan.is_hard, matched & ~plan.is_hard
+    weights[only_lookup] = join.weights[only_lookup]
+    weights[both] = np.maximum(join.weights[both], plan.weights[both])
+    return weights, int(both.sum())
+
+
+
 def _choose(rows: np.ndarray, n_max: int, seed: int, what: str) -> np.ndarray:
     """Up to ``n_max`` of ``rows`` (seeded choice), sorted."""
     if len(rows) > n_max:
@@ -341,7 +408,7 @@ def fit(cfg: ExperimentConfig, data: str, resume: str | None = None, run_gates: 
     for name, rows in (("train", train_rows), ("val", val_rows)):
         if len(rows) == 0:
             raise ValueError(f"{data}: the {name} split is empty")
-    weights, hardneg_report = None, None
+    weights, hardneg_report, join = None, None, None
     if cfg.hard_negatives.enabled:
         for c in (COL.ra, COL.dec):
             if c not in index.meta:
@@ -357,8 +424,17 @@ def fit(cfg: ExperimentConfig, data: str, resume: str | None = None, run_gates: 
         weights, hardneg_report = join.weights, join.report
         log.info("hard negatives: %d matched negatives (%s)", join.report["matched_negatives"], json.dumps(join.report["by_source"]))
 
+    h = cfg.hard_negatives
+    plan = plan_hard_negative_stamps(index, train_rows, h.weight, h.max_fraction, h.sources, seed)
+    epoch_rows = None
+    if plan is not None:
+        weights, overlap = combine_weights(plan, join, index.meta[COL.label])
+        plan.report["also_matched_by_lookup"] = overlap
+        epoch_rows = plan.epoch_rows
+
     pre = PreprocessConfig.from_training(t)
-    train_ds = StampDataset(index, train_rows, t.batch_size, pre, weights=weights, shuffle=True, augment=t.augment, seed=seed)
+    first_rows = train_rows if plan is None else plan.epoch_rows(0)
+    train_ds = StampDataset(index, first_rows, t.batch_size, pre, weights=weights, shuffle=True, augment=t.augment, seed=seed, epoch_rows=epoch_rows)
     val_ds = StampDataset(index, val_rows, t.batch_size, pre)
     pin = device.type == "cuda"
     train_loader, val_loader = make_loader(train_ds, t.num_workers, pin), make_loader(val_ds, t.num_workers, pin)
@@ -397,6 +473,7 @@ def fit(cfg: ExperimentConfig, data: str, resume: str | None = None, run_gates: 
         "device": str(device),
         "amp_dtype": str(amp_dtype) if amp_dtype else None,
         "hard_negatives": hardneg_report,
+        **({"hard_negative_stamps": plan.report} if plan is not None else {}),
         "early_stopping": {"metric": t.early_stopping_metric, "mode": mode, "patience": t.early_stopping_patience},
         "epochs": history,
     }
@@ -466,8 +543,19 @@ def fit(cfg: ExperimentConfig, data: str, resume: str | None = None, run_gates: 
     return metrics
 
 
+def deprecation_line(used: list[str]) -> str | None:
+    """The one line that names the deprecated seed flags of a run (None when none was used)."""
+    if not used:
+        return None
+    pairs = ", ".join(f"{a} -> {SEED_FLAG_ALIASES[a]}" for a in used)
+    return f"dhs-train: deprecated seed flag(s) used: {pairs}; they still work, but use the hyphenated flags"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
+    line = deprecation_line(args.deprecated_aliases)
+    if line:
+        print(line, file=sys.stderr)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.resume:
         base = from_dict(load_checkpoint(args.resume)["config"])

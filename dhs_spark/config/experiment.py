@@ -233,11 +233,34 @@ class TrainingConfig:
 
 @dataclass
 class HardNegativeConfig:
-    """Real hard negatives (seed stage 3). Weights multiply the sample loss."""
+    """Real hard negatives (seed stage 3). Weights multiply the sample loss.
+
+    Two ways in, which can be combined:
+
+    - Position lookup (``enabled``, ``hard_neg_path``, ``hard_neg_weight``, ``match_radius_arcsec``):
+      a label-0 stamp within ``match_radius_arcsec`` of a lookup entry (``dhs hardneg collect``:
+      model false positives, rings, mergers) gets weight ``lookup weight * hard_neg_weight``
+      (:mod:`trainer.hardneg_join`). ``hard_neg_path``: the lookup file
+      (``hard_negative_lookup.parquet``; the legacy ``hard_neg_lookup.parquet`` is also found) or
+      its directory.
+    - Hard-negative stamps: label-0 rows of the stamp set that carry a ``hard_neg_source`` tag
+      (ring, merger, model_fp, ...) and a ``hard_neg_weight`` (:mod:`trainer.data`), used
+      whenever the stamp set has these columns. ``sources``: the tags trained on (None: every
+      tag; rows of other tags are left out of training, kept in validation/test). ``weight``
+      multiplies each row's ``hard_neg_weight`` (a null ``hard_neg_weight`` counts as 1, logged).
+      ``max_fraction``: at most this fraction of a training epoch's stamps are such rows (a
+      seeded subsample, redrawn each epoch; 1 = no cap). A stamp both tagged and matched by the
+      lookup takes the larger of the two weights. Stamp sets without the columns train as before.
+
+    The rest configures ``dhs hardneg collect`` (thresholds, radii, per-source weights).
+    """
 
     enabled: bool = False
     hard_neg_path: Optional[str] = None
     hard_neg_weight: float = 5.0
+    weight: float = 1.0
+    max_fraction: float = 1.0
+    sources: Optional[list[str]] = None
     min_score_threshold: float = 0.8
     top_k_per_source: int = 5000
     exclusion_radius_arcsec: float = 5.0
@@ -442,6 +465,13 @@ def validate(cfg: ExperimentConfig, file: str | None = None) -> list[ConfigError
             if isinstance(f, float) and not 0 < f < 1:
                 errors.append(ConfigError(f"evaluation.fpr_targets[{i}]", "must lie in (0, 1)", f, file))
     _fraction_ok(errors, "hard_negatives.min_score_threshold", h.min_score_threshold, file)
+    _fraction_ok(errors, "hard_negatives.max_fraction", h.max_fraction, file)
+    for name in ("weight", "hard_neg_weight"):
+        v = getattr(h, name)
+        if isinstance(v, float) and not (v >= 0 and v != float("inf")):
+            errors.append(ConfigError(f"hard_negatives.{name}", "must be a finite number >= 0", v, file))
+    if isinstance(h.sources, list) and len(set(h.sources)) != len(h.sources):
+        errors.append(ConfigError("hard_negatives.sources", "lists a tag twice", h.sources, file))
     for name in ("exclusion_radius_arcsec", "dedup_radius_arcsec", "match_radius_arcsec"):
         v = getattr(h, name)
         if isinstance(v, float) and v <= 0:

@@ -5,12 +5,13 @@ import dataclasses
 import json
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from dhs_spark.config.experiment import ExperimentConfig, ModelConfig, TrainingConfig
+from dhs_spark.config.experiment import ExperimentConfig, HardNegativeConfig, ModelConfig, TrainingConfig
 from trainer import score, train
 from trainer.metrics import auroc
 
@@ -128,7 +129,10 @@ def test_score_parquet_agrees_with_validation_and_score_images(trained, stamp_da
     best = metrics["epochs"][metrics["best"]["epoch"]]
     assert score.main(["--checkpoint", str(out / "best.pt"), "--data", str(path), "--output", str(tmp_path / "s.parquet"), "--split", "val", "--device", "cpu"]) == 0
     table = pq.read_table(tmp_path / "s.parquet")
-    assert table.column_names == ["task_id", "ra", "dec", "label", "score"]
+    assert table.column_names == ["task_id", "ra", "dec", "label", "score", "is_control", "is_null_injection"]
+    # the stamps' flags, copied: the fixture's controls are its label-0 rows; it predates null injections (null)
+    np.testing.assert_array_equal(table.column("is_control").to_numpy(zero_copy_only=False), table.column("label").to_numpy() == 0)
+    assert table.column("is_null_injection").null_count == table.num_rows
     s = table.column("score").to_numpy()
     assert np.all((s >= 0) & (s <= 1))
     # Same model, same preprocessing, no augmentation: the validation AUROC is reproduced.
@@ -144,3 +148,59 @@ def test_bad_config_values_are_named(stamp_data, tmp_path):
     cfg = dataclasses.replace(small_cfg(tmp_path), model=ModelConfig(architecture="resnet18", blocks_per_stage=[2, 2]))
     with pytest.raises(ValueError, match=r"model\.blocks_per_stage: resnet18 has 4 stages"):
         train.fit(cfg, str(stamp_data[0]))
+
+
+def test_dhs_score_table_feeds_hard_negative_mining_without_its_injections(trained, stamp_data, tmp_path):
+    """The sim-to-real loop: dhs-score on stamps (positives included) -> dhs hardneg collect. The
+    score table proves which rows are real (label 0, is_control), so the injected positives
+    are refused unless --allow-injected, and then never become model false positives."""
+    from dhs_spark.cli import main as dhs
+    from dhs_spark.hardneg import collect_hard_negatives
+
+    out, _ = trained
+    path, _, _ = stamp_data
+    scores = tmp_path / "scores.parquet"
+    assert score.main(["--checkpoint", str(out / "best.pt"), "--data", str(path), "--output", str(scores), "--device", "cpu"]) == 0
+    table = pq.read_table(scores).to_pandas()
+    threshold = float(np.quantile(table.score[table.label == 0], 0.9))  # the top 10% of controls are the "false positives"
+    assert ((table.label == 1) & (table.score >= threshold)).sum() > 50, "many injected positives score high: the case being guarded"
+    assert dhs(["hardneg", "collect", "--model-scores", str(scores), "--output-dir", str(tmp_path / "refused")]) == 2
+    far = pd.DataFrame({"ra": [0.0], "dec": [-89.0]})  # no lens near the fixture's sky
+    far.to_parquet(tmp_path / "lenses.parquet")
+    cfg = HardNegativeConfig(min_score_threshold=threshold, top_k_per_source=10_000)
+    res = collect_hard_negatives(model_scores_path=scores, known_lens_path=tmp_path / "lenses.parquet", output_dir=tmp_path / "hn", config=cfg,
+                                 allow_injected=True)  # fmt: skip
+    controls = table[(table.label == 0) & (table.score >= threshold)]
+    # controls and positives share host positions (paired), so compare (position, score): each model FP is a control's
+    fp = res.table[res.table.source == "model_fp"]
+    control_keys = set(zip(controls.ra.round(9), controls.dec.round(9), controls.score))
+    assert len(fp) == len(controls) > 0 and set(zip(fp.ra.round(9), fp.dec.round(9), fp.score)) <= control_keys
+    assert res.counts["model_fp_dropped_injected_positives"] == int((table.label == 1).sum())
+
+
+def test_seed_underscore_flags_are_aliases_with_one_deprecation_line(tmp_path, monkeypatch, capsys):
+    seen = {}
+
+    def fake_fit(cfg, data, resume=None, run_gates=True):  # fit itself is tested above; here only the flags
+        seen["cfg"] = cfg
+        return {"best": {"epoch": 0}}
+
+    monkeypatch.setattr(train, "fit", fake_fit)
+    argv = ["--data", "d", "--out_dir", str(tmp_path / "o"), "--hard_neg_path", "hn/hard_neg_lookup.parquet", "--hard_neg_weight", "7",
+            "--early_stopping_patience", "3", "--epochs", "4"]  # fmt: skip
+    assert train.main(argv) == 0
+    cfg = seen["cfg"]
+    assert cfg.output_dir == str(tmp_path / "o") and cfg.training.early_stopping_patience == 3 and cfg.training.epochs == 4
+    assert (cfg.hard_negatives.enabled, cfg.hard_negatives.hard_neg_path, cfg.hard_negatives.hard_neg_weight) == (True, "hn/hard_neg_lookup.parquet", 7.0)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "deprecated" in ln]
+    assert len(lines) == 1, lines
+    for alias, flag in train.SEED_FLAG_ALIASES.items():
+        assert f"{alias} -> {flag}" in lines[0]
+    # the project's own flags: same config, no deprecation line
+    assert train.main(["--data", "d", "--out-dir", str(tmp_path / "o"), "--hard-neg-path", "hn/hard_neg_lookup.parquet", "--hard-neg-weight", "7",
+                       "--early-stopping-patience", "3", "--epochs", "4"]) == 0  # fmt: skip
+    assert seen["cfg"] == cfg and "deprecated" not in capsys.readouterr().err
+    # one alias: the line names it alone; a repeated alias is named once
+    assert train.main(["--data", "d", "--out_dir", "a", "--out_dir", str(tmp_path / "o")]) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if "deprecated" in ln]
+    assert len(lines) == 1 and "--out_dir -> --out-dir" in lines[0] and "--hard_neg_path" not in lines[0]
