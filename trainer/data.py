@@ -53,9 +53,9 @@ SPLITS = ("train", "val", "test")
 GATE_TRUTH_COLUMNS = (COL.source_x_arcsec, COL.source_y_arcsec, COL.source_r_eff_arcsec)
 INDEX_COLUMNS = (COL.label, COL.split, COL.ra, COL.dec, COL.theta_e_arcsec, COL.arc_snr_sum, COL.psf_fwhm_r_arcsec, COL.is_null_injection, *GATE_TRUTH_COLUMNS)
 TRUTH_COLUMNS = (COL.theta_e_arcsec, COL.arc_snr_sum, COL.psf_fwhm_r_arcsec)
-# Hard-negative stamp columns: not (yet) in dhs_spark.schema, so named here; read when a file has
-# them. A file without them reads as null (ordinary rows); the index keeps them only when some
-# file has them.
+# Hard-negative stamp columns, named here so that the trainer reads them whether or not the stamp
+# files (and dhs_spark.schema) have them: a file without them reads as null (ordinary rows); the
+# index keeps them only when some file has them.
 HARD_NEG_SOURCE = "hard_neg_source"
 HARD_NEG_WEIGHT = "hard_neg_weight"
 HARD_NEG_COLUMNS = (HARD_NEG_SOURCE, HARD_NEG_WEIGHT)
@@ -442,6 +442,12 @@ class HardNegativeStampPlan:
         return np.sort(np.concatenate([self.ordinary, hard]).astype(np.int64))
 
 
+def source_matches(tag: str, sources) -> bool:
+    """Whether a row's ``hard_neg_source`` is one of ``sources``: equal to an entry, or its
+    catalogue part (before ``:``, as in ``lookalike:ring_collisional``) is."""
+    return tag in sources or tag.split(":", 1)[0] in sources
+
+
 def plan_hard_negative_stamps(
     index: StampIndex, train_rows: np.ndarray, weight: float, max_fraction: float, sources: Optional[list[str]], seed: int
 ) -> Optional[HardNegativeStampPlan]:
@@ -450,7 +456,8 @@ def plan_hard_negative_stamps(
 
     A hard-negative row is a label-0 row with a non-null ``hard_neg_source``; a tagged positive
     (an injection onto a look-alike host) is a lens, kept as an ordinary row at weight 1 and
-    counted. Rows whose tag is not in ``sources`` (None: every tag) are left out of training.
+    counted. Rows whose tag is not in ``sources`` (None: every tag; :func:`source_matches`) are
+    left out of training.
     Weight of a used row: ``hard_neg_weight * weight``; a null ``hard_neg_weight`` counts as 1
     (logged); a negative or non-finite one raises :class:`InputDataError` naming the file and row.
     ``max_fraction`` (0..1): at most this share of an epoch's stamps are hard rows,
@@ -470,8 +477,8 @@ def plan_hard_negative_stamps(
     tagged = np.array([t is not None for t in tag], bool)
     hard_all = tagged & (label == 0)
     present = sorted({str(t) for t in tag[hard_all]})
-    chosen = hard_all if sources is None else hard_all & np.isin(tag.astype(str), list(sources))
-    absent = sorted(set(sources or ()) - set(present))
+    chosen = hard_all if sources is None else hard_all & np.array([t is not None and source_matches(str(t), sources) for t in tag], bool)
+    absent = sorted(s for s in (sources or ()) if not any(source_matches(t, [s]) for t in present))
     if absent:
         log.warning("hard negatives: hard_negatives.sources lists %s, which no label-0 training stamp carries (present: %s)", absent, present)
     hard = rows[chosen]

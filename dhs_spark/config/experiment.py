@@ -246,7 +246,9 @@ class HardNegativeConfig:
     - Hard-negative stamps: label-0 rows of the stamp set that carry a ``hard_neg_source`` tag
       (ring, merger, model_fp, ...) and a ``hard_neg_weight`` (:mod:`trainer.data`), used
       whenever the stamp set has these columns. ``sources``: the tags trained on (None: every
-      tag; rows of other tags are left out of training, kept in validation/test). ``weight``
+      tag; an entry matches a tag exactly or its part before ``:``, so ``lookalike`` takes
+      ``lookalike:ring_collisional``; rows of other tags are left out of training, kept in
+      validation/test). ``weight``
       multiplies each row's ``hard_neg_weight`` (a null ``hard_neg_weight`` counts as 1, logged).
       ``max_fraction``: at most this fraction of a training epoch's stamps are such rows (a
       seeded subsample, redrawn each epoch; 1 = no cap). A stamp both tagged and matched by the

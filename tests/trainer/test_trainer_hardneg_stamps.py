@@ -26,6 +26,20 @@ TAG_WEIGHT = {"ring": 2.0, "merger": 1.5, "model_fp": 3.0}
 N_TAGGED = {"ring": 20, "merger": 12, "model_fp": 8}
 
 
+def set_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
+    """``table`` with column ``name`` replaced, or appended where absent."""
+    i = table.schema.get_field_index(name)
+    field = pa.field(name, values.type)
+    return table.set_column(i, field, values) if i >= 0 else table.append_column(field, values)
+
+
+def plain_table(images, cols) -> pa.Table:
+    """The fixture's table without the hard-negative columns (a stamp set from before them,
+    whether or not dhs_spark.schema lists them by now)."""
+    table = stamp_table(images, cols)
+    return table.drop_columns([c for c in (HARD_NEG_SOURCE, HARD_NEG_WEIGHT) if c in table.column_names])
+
+
 def tagged_table(n_hosts: int = 60, seed: int = 5) -> pa.Table:
     """The fixture's paired stamps with label-0 rows tagged: 20 ring, 12 merger, 8 model_fp (in
     row order), one ring row with a null weight, and one positive tagged ring (an injection onto
@@ -43,8 +57,8 @@ def tagged_table(n_hosts: int = 60, seed: int = 5) -> pa.Table:
     weights = np.array([TAG_WEIGHT[t] if t is not None else np.nan for t in tags])
     weights[neg[0]] = np.nan  # a ring row without a weight
     weight_arr = pa.array([None if np.isnan(w) else w for w in weights], pa.float32())
-    table = table.append_column(pa.field(HARD_NEG_SOURCE, pa.string()), pa.array(tags.tolist(), pa.string()))
-    return table.append_column(pa.field(HARD_NEG_WEIGHT, pa.float32()), weight_arr)
+    table = set_column(table, HARD_NEG_SOURCE, pa.array(tags.tolist(), pa.string()))
+    return set_column(table, HARD_NEG_WEIGHT, weight_arr)
 
 
 def write(table: pa.Table, path, row_group_size: int = 16):
@@ -77,12 +91,12 @@ def test_index_reads_the_columns_and_a_file_without_them_reads_as_ordinary_rows(
     # mixed: a file written before the columns existed, beside one with them
     images, cols = make_stamps(10, stamp_size=32, seed=9)
     write(table, tmp_path / "mixed" / "a.parquet")
-    write(stamp_table(images, cols), tmp_path / "mixed" / "b.parquet")
+    write(plain_table(images, cols), tmp_path / "mixed" / "b.parquet")
     mixed = StampIndex.scan(str(tmp_path / "mixed"))
     assert mixed.meta[HARD_NEG_SOURCE][table.num_rows :].tolist() == [None] * 20
     assert np.isnan(mixed.meta[HARD_NEG_WEIGHT][table.num_rows :]).all()
     # without the columns anywhere: not in the index, and no plan (training as before)
-    plain = StampIndex.scan(str(write(stamp_table(images, cols), tmp_path / "plain" / "p.parquet")))
+    plain = StampIndex.scan(str(write(plain_table(images, cols), tmp_path / "plain" / "p.parquet")))
     assert HARD_NEG_SOURCE not in plain.meta and HARD_NEG_WEIGHT not in plain.meta
     assert plan_hard_negative_stamps(plain, plain.rows("train"), 2.0, 0.1, ["ring"], seed=0) is None
 
@@ -137,7 +151,7 @@ def test_bad_weights_are_named(tmp_path):
     w = table.column(HARD_NEG_WEIGHT).to_pylist()
     i = next(j for j, v in enumerate(w) if v is not None)
     w[i] = -1.0
-    table = table.set_column(table.schema.get_field_index(HARD_NEG_WEIGHT), pa.field(HARD_NEG_WEIGHT, pa.float32()), pa.array(w, pa.float32()))
+    table = set_column(table, HARD_NEG_WEIGHT, pa.array(w, pa.float32()))
     index = StampIndex.scan(str(write(table, tmp_path / "s.parquet")))
     with pytest.raises(InputDataError, match=rf"s\.parquet \(row group 0\), row {i}: hard_neg_weight must be finite and >= 0, got -1.0 \(global row {i}\)"):
         plan_hard_negative_stamps(index, np.arange(index.n_rows), 1.0, 1.0, None, 0)
@@ -198,10 +212,10 @@ def test_fit_samples_and_reports_hard_negative_stamps(tagged, tmp_path):
 def test_stamps_without_the_columns_train_as_before(tmp_path):
     """Columns absent: no plan, no report. Columns present but all null: the same epochs, bit for bit."""
     images, cols = make_stamps(60, stamp_size=32, seed=5)
-    plain = stamp_table(images, cols)
+    plain = plain_table(images, cols)
     write(plain, tmp_path / "plain" / "p.parquet")
-    nulls = plain.append_column(pa.field(HARD_NEG_SOURCE, pa.string()), pa.nulls(plain.num_rows, pa.string()))
-    nulls = nulls.append_column(pa.field(HARD_NEG_WEIGHT, pa.float32()), pa.nulls(plain.num_rows, pa.float32()))
+    nulls = set_column(plain, HARD_NEG_SOURCE, pa.nulls(plain.num_rows, pa.string()))
+    nulls = set_column(nulls, HARD_NEG_WEIGHT, pa.nulls(plain.num_rows, pa.float32()))
     write(nulls, tmp_path / "nulls" / "p.parquet")
     cfg = dataclasses.replace(small_cfg(tmp_path / "a", sources=["ring"], max_fraction=0.2, weight=4.0), training=dataclasses.replace(small_cfg(tmp_path).training, epochs=2))
     a = train.fit(cfg, str(tmp_path / "plain"), run_gates=False)
@@ -209,3 +223,17 @@ def test_stamps_without_the_columns_train_as_before(tmp_path):
     assert "hard_negative_stamps" not in a and b["hard_negative_stamps"]["n_hard"] == 0
     strip = [{k: v for k, v in e.items() if k != "train_images_per_s"} for e in a["epochs"]]
     assert strip == [{k: v for k, v in e.items() if k != "train_images_per_s"} for e in b["epochs"]]
+
+
+def test_a_source_entry_matches_the_catalogue_part_of_a_tag(tmp_path):
+    """4a tags rows '<catalogue>:<type>' (e.g. lookalike:ring_collisional): 'lookalike' takes them all."""
+    table = tagged_table(n_hosts=30)
+    tags = [None if t is None else ("lookalike:" + t if t != "model_fp" else t) for t in table.column(HARD_NEG_SOURCE).to_pylist()]
+    table = set_column(table, HARD_NEG_SOURCE, pa.array(tags, pa.string()))
+    index = StampIndex.scan(str(write(table, tmp_path / "s.parquet")))
+    rows = np.arange(index.n_rows)
+    label = index.meta["label"]
+    lookalike = {r for r in rows if label[r] == 0 and tags[r] is not None and tags[r].startswith("lookalike:")}
+    assert set(plan_hard_negative_stamps(index, rows, 1.0, 1.0, ["lookalike"], 0).hard) == lookalike
+    ring_only = {r for r in lookalike if tags[r] == "lookalike:ring"}
+    assert set(plan_hard_negative_stamps(index, rows, 1.0, 1.0, ["lookalike:ring"], 0).hard) == ring_only and ring_only < lookalike
