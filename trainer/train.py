@@ -115,8 +115,9 @@ class _StoreRecordingAlias(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         setattr(namespace, self.dest, values)
-        if option_string in SEED_FLAG_ALIASES and option_string not in namespace.deprecated_aliases:
-            namespace.deprecated_aliases.append(option_string)
+        used = list(getattr(namespace, "deprecated_aliases", []))  # a copy: the parser's default list is shared between parses
+        if option_string in SEED_FLAG_ALIASES and option_string not in used:
+            namespace.deprecated_aliases = [*used, option_string]
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
