@@ -57,6 +57,8 @@ MANIFEST_COLUMNS: tuple[Column, ...] = (
     Column("is_control", BOOL, "True: no arc injected (label 0)"),
     Column("label", I32, "1 = injected lens, 0 = control, null injection or hard negative"),
     Column("is_null_injection", BOOL, "True: a null injection (zero source flux through the whole injection path; label 0, evaluation only unless the config says otherwise)"),
+    Column("hard_neg_source", STR, "hard-negative rows only: the look-alike catalogue's tag, ':' and the row's type when the catalogue has one (e.g. lookalike:ring_collisional); label 0, never injected; null otherwise"),
+    Column("hard_neg_weight", F32, "hard-negative rows only: the training weight given with the catalogue (4a --hard-negative-catalog); null otherwise"),
     Column("theta_e_arcsec", F64, "SIE Einstein radius (lenstronomy convention); 0 for controls"),
     Column("lens_q", F64, "SIE axis ratio (minor/major)"),
     Column("lens_phi_rad", F64, "SIE major-axis angle, radians counter-clockwise from +x"),

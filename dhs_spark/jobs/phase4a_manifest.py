@@ -18,6 +18,11 @@ by :func:`expand_hosts`, a pure pandas function (run by ``mapInPandas``, testabl
   one sky patch is in one split across every experiment that shares nside and fractions.
 - Randomness: every sampled quantity comes from ``task_seed(global seed, brickname, ra, dec,
   config id, replicate)``; the task id is that seed in hex.
+- Hard negatives (``--hard-negative-catalog``, :func:`hard_negative_rows`): look-alike
+  catalogues (ring galaxies, mergers, model false positives; ra, dec in degrees) give one label-0
+  row per position in the bricks table, never injected, split by the same HEALPix hash (a
+  catalogue ``heldout`` column sends its rows to the last split, never trained on), with
+  ``hard_neg_source`` and ``hard_neg_weight``. 4c cuts them with the same rules as every row.
 """
 
 from __future__ import annotations
@@ -46,6 +51,40 @@ HOST_OPTIONAL_COLUMNS = ("flux_g", "flux_r", "flux_z", "flux_w1", "shape_r_arcse
                          "psfdepth_g_invvar_nmgy2", "psfdepth_r_invvar_nmgy2", "psfdepth_z_invvar_nmgy2")  # fmt: skip
 #: Manifest columns copied from the host onto every one of its rows.
 HOST_RECORDED = ("ebv",)
+
+
+@dataclass(frozen=True)
+class HardNegativeCatalog:
+    """A look-alike catalogue for 4a: ``uri`` (.parquet, .csv or .fits; ra and dec in degrees,
+    optional brickname, type and heldout columns), the ``tag`` its rows carry in
+    ``hard_neg_source``, and their training ``weight`` (> 0)."""
+
+    uri: str
+    tag: str
+    weight: float = 1.0
+
+    @classmethod
+    def from_flag(cls, values) -> HardNegativeCatalog:
+        """From ``--hard-negative-catalog PATH [TAG [WEIGHT]]`` (tag: the file's stem; weight 1)."""
+        from pathlib import PurePosixPath
+
+        values = list(values)
+        if not 1 <= len(values) <= 3:
+            raise InputDataError(f"--hard-negative-catalog takes PATH [TAG [WEIGHT]] (got {values})")
+        tag = values[1] if len(values) > 1 else PurePosixPath(values[0].rstrip("/")).name.split(".")[0]
+        try:
+            weight = float(values[2]) if len(values) > 2 else 1.0
+        except ValueError:
+            raise InputDataError(f"--hard-negative-catalog {values[0]}: WEIGHT must be a number (got {values[2]!r})") from None
+        if not (weight > 0 and np.isfinite(weight)):
+            raise InputDataError(f"--hard-negative-catalog {values[0]}: WEIGHT must be finite and > 0 (got {weight})")
+        if not tag or ":" in tag:
+            raise InputDataError(f"--hard-negative-catalog {values[0]}: TAG must be non-empty without ':' (got {tag!r})")
+        return cls(values[0], tag, weight)
+
+
+#: Catalogue columns (first found) whose value refines a hard-negative row's tag to "<tag>:<value>".
+HARD_NEGATIVE_TYPE_COLUMNS = ("lookalike_type", "hardneg_type", "type")
 
 
 @dataclass(frozen=True)
@@ -101,7 +140,7 @@ def grid_cells(cfg, tier: str) -> tuple[GridCell, ...]:
 
 def source_pool(cfg):
     """The :class:`~dhs_spark.sims.lens_system.SourcePool` of the config's source mode, each
-    galaxy hashed into one split (read on the driver: library metadata only, no images)."""
+    galaxy assigned to one split by magnitude strata (:func:`~dhs_spark.sims.lens_system.galaxy_splits`) (read on the driver: library metadata only, no images)."""
     from dhs_spark.sims import lens_system
 
     fractions = tuple((str(k), float(v)) for k, v in cfg.data.split_fractions.items())
@@ -247,12 +286,75 @@ MANIFEST_ROWS_PER_CHUNK = 4096
 _MANIFEST_NAMES = frozenset(c.name for c in MANIFEST_COLUMNS)
 
 
+def _manifest_frame(rows: list):
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=[c.name for c in MANIFEST_COLUMNS])
+    return frame.astype({"replicate": "int32", "label": "int32", "healpix_index": "int64", "task_seed": "int64", "selection_draws": "Int32",
+                         "hard_neg_weight": "float32"})  # fmt: skip
+
+
+def hard_negative_rows(catalog, bricks, params: ManifestParams, spec: HardNegativeCatalog):
+    """Manifest rows (pandas, MANIFEST_COLUMNS) of one look-alike catalogue, and their counts.
+
+    ``catalog``: pandas with ra and dec (degrees; the names :func:`dhs_spark.survey.footprint.
+    find_radec_columns` knows), optionally ``brickname`` (else the DR10 brick of the position),
+    a type column (:data:`HARD_NEGATIVE_TYPE_COLUMNS`) and ``heldout``. ``bricks``: pandas with
+    brickname and the host columns of a brick (PSF FWHM, fallback bands, E(B-V)). A row whose
+    brick is not in ``bricks`` is outside the footprint: counted, not written. Each row in it
+    gives one label-0 row (task seed from the position, ``hard_negative:<tag>``), split by its
+    HEALPix cell, or the last split when ``heldout`` is true. Counts: ``n_catalog``,
+    ``n_outside_footprint``, ``n_duplicates`` (same brick and position, kept once), ``n_rows``.
+    """
+    import pandas as pd
+
+    from dhs_spark.healpix import healpix_index
+    from dhs_spark.survey.bricks import brickname_for
+    from dhs_spark.survey.footprint import find_radec_columns
+
+    cat = catalog.rename(columns={c: c.lower() for c in catalog.columns})
+    try:
+        ra_col, dec_col = find_radec_columns(cat.columns)
+    except InputDataError as err:
+        raise InputDataError(f"{spec.uri}: hard-negative catalogue: {err}") from None
+    ra = pd.to_numeric(cat[ra_col], errors="coerce").to_numpy(float)
+    dec = pd.to_numeric(cat[dec_col], errors="coerce").to_numpy(float)
+    bad = ~(np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90))
+    if bad.any():
+        raise InputDataError(f"{spec.uri}: {int(bad.sum())} rows with no valid ra/dec, first at row {int(np.flatnonzero(bad)[0])}")
+    names = cat["brickname"].astype(str).str.strip().to_numpy() if "brickname" in cat.columns else brickname_for(ra, dec)
+    type_col = next((c for c in HARD_NEGATIVE_TYPE_COLUMNS if c in cat.columns), None)
+    heldout = cat["heldout"].fillna(False).astype(bool).to_numpy() if "heldout" in cat.columns else np.zeros(len(cat), bool)
+    by_brick = bricks.set_index("brickname")
+    inside = np.isin(names, by_brick.index.to_numpy())
+    counts = {"n_catalog": int(len(cat)), "n_outside_footprint": int((~inside).sum()), "n_duplicates": 0, "n_rows": 0}
+    rows, seen = [], set()
+    cells = healpix_index(ra, dec, params.healpix_nside) if len(cat) else np.zeros(0, np.int64)
+    config_id = f"hard_negative:{spec.tag}"
+    for i in np.flatnonzero(inside):
+        key = (names[i], float(ra[i]), float(dec[i]))
+        if key in seen:
+            counts["n_duplicates"] += 1
+            continue
+        seen.add(key)
+        brick = by_brick.loc[names[i]]
+        host = {"brickname": names[i], "ra": float(ra[i]), "dec": float(dec[i]), **{k: brick[k] for k in HOST_COLUMNS[3:]},
+                **{k: (None if pd.isna(brick.get(k)) else float(brick[k])) for k in HOST_RECORDED if k in brick.index}}  # fmt: skip
+        split = params.split_fractions[-1][0] if heldout[i] else split_of_cell(int(cells[i]), params.healpix_nside, params.split_fractions)
+        row = _row(params, host, int(cells[i]), split, config_id, 0, False)
+        kind = str(cat[type_col].iloc[i]).strip() if type_col and pd.notna(cat[type_col].iloc[i]) else ""
+        row.update(label=0, is_null_injection=False, theta_e_arcsec=0.0, population_mode=None,
+                   hard_neg_source=f"{spec.tag}:{kind}" if kind else spec.tag, hard_neg_weight=float(spec.weight))  # fmt: skip
+        rows.append(row)
+    counts["n_rows"] = len(rows)
+    return _manifest_frame(rows), counts
+
+
 def expand_hosts(hosts, params: ManifestParams):
     """Manifest rows (pandas DataFrame of MANIFEST_COLUMNS) for a pandas DataFrame of hosts.
 
     ``hosts`` needs :data:`HOST_COLUMNS`. Row order follows the input, then cell, then replicate.
     """
-    import pandas as pd
 
     from dhs_spark.healpix import healpix_index
 
@@ -281,8 +383,7 @@ def expand_hosts(hosts, params: ManifestParams):
                     row = _row(params, host, int(cell), split, CONTROL_CONFIG_ID, replicate, True)
                     row.update(host_fields)
                     rows.append(row)
-    frame = pd.DataFrame(rows, columns=[c.name for c in MANIFEST_COLUMNS])
-    return frame.astype({"replicate": "int32", "label": "int32", "healpix_index": "int64", "task_seed": "int64", "selection_draws": "Int32"})
+    return _manifest_frame(rows)
 
 
 def _read_table(spark, uri: str):
@@ -307,13 +408,27 @@ def _read_table(spark, uri: str):
     return df.toDF(*[c.lower() for c in df.columns])
 
 
+def brick_frame(spark, inputs):
+    """pandas: the bricks table's per-brick host columns (brickname, PSF FWHM per band, fallback
+    bands, and E(B-V) and point-source depths where the table has them)."""
+    import tempfile
+
+    from dhs_spark.survey.bricks import load_bricks_table
+
+    bricks_local = P.copy_to_local(spark, P.to_uri(inputs.bricks_table), tempfile.mkdtemp(prefix="dhs4a_"))
+    bricks = load_bricks_table(bricks_local)
+    fallback = bricks[[f"psf_fwhm_{b}_fallback" for b in "grz"]].to_numpy()
+    bricks["psf_fallback_bands"] = [",".join(b for b, f in zip("grz", flags) if f) for flags in fallback]
+    brick_cols = ["brickname", "psf_fwhm_g_arcsec", "psf_fwhm_r_arcsec", "psf_fwhm_z_arcsec", "psf_fallback_bands"]
+    brick_cols += [c for c in ("ebv", "psfdepth_g_invvar_nmgy2", "psfdepth_r_invvar_nmgy2", "psfdepth_z_invvar_nmgy2") if c in bricks.columns]
+    return bricks[brick_cols]
+
+
 def host_frame(spark, inputs, cfg, tier: str, debug_hosts: int):
     """Spark DataFrame of hosts (HOST_COLUMNS): parent sample joined to the bricks table."""
-    import tempfile
 
     from pyspark.sql import functions as F
 
-    from dhs_spark.survey.bricks import load_bricks_table
 
     if not inputs.parent_sample or not inputs.bricks_table:
         raise InputDataError("4a needs --parent-sample and --bricks-table (or --mock-survey)")
@@ -331,13 +446,7 @@ def host_frame(spark, inputs, cfg, tier: str, debug_hosts: int):
     for col in ("brickname", "ra", "dec"):
         if col not in parent.columns:
             raise InputDataError(f"{inputs.parent_sample}: parent sample has no {col!r} column (columns: {parent.columns})")
-    bricks_local = P.copy_to_local(spark, P.to_uri(inputs.bricks_table), tempfile.mkdtemp(prefix="dhs4a_"))
-    bricks = load_bricks_table(bricks_local)
-    fallback = bricks[[f"psf_fwhm_{b}_fallback" for b in "grz"]].to_numpy()
-    bricks["psf_fallback_bands"] = [",".join(b for b, f in zip("grz", flags) if f) for flags in fallback]
-    brick_cols = ["brickname", "psf_fwhm_g_arcsec", "psf_fwhm_r_arcsec", "psf_fwhm_z_arcsec", "psf_fallback_bands"]
-    brick_cols += [c for c in ("ebv", "psfdepth_g_invvar_nmgy2", "psfdepth_r_invvar_nmgy2", "psfdepth_z_invvar_nmgy2") if c in bricks.columns]
-    bricks_df = spark.createDataFrame(bricks[brick_cols])
+    bricks_df = spark.createDataFrame(brick_frame(spark, inputs))
     # Optional host columns (Tractor sweep names, lower-cased): null when the parent sample lacks them.
     renames = {"flux_g": "flux_g", "flux_r": "flux_r", "flux_z": "flux_z", "flux_w1": "flux_w1", "shape_r": "shape_r_arcsec",
                "shape_e1": "shape_e1", "shape_e2": "shape_e2"}  # fmt: skip
@@ -385,6 +494,14 @@ def produce(spark, cfg, paths: P.ExperimentPaths, inputs, opts, staging: str) ->
     # Rows depend only on their host, so the partitioning changes no row.
     n_parts = int(opts.partitions) if opts.partitions else 2 * spark.sparkContext.defaultParallelism
     manifest = hosts.repartition(n_parts, "brickname", "ra", "dec").mapInPandas(expand, spark_schema(MANIFEST_COLUMNS))
+    hard_negative_counts = {}
+    if inputs.hard_negative_catalogs:
+        bricks = brick_frame(spark, inputs)
+        for spec in inputs.hard_negative_catalogs:
+            rows, hard_negative_counts[spec.tag] = hard_negative_rows(_read_table(spark, P.to_uri(spec.uri)).toPandas(), bricks, params, spec)
+            log.info("4a hard negatives %s (%s, weight %g): %s", spec.tag, spec.uri, spec.weight, hard_negative_counts[spec.tag])
+            if len(rows):
+                manifest = manifest.unionByName(spark.createDataFrame(rows, schema=spark_schema(MANIFEST_COLUMNS)))
     out = P.join(staging, "manifest")
     manifest.write.mode("overwrite").parquet(out)
     written = spark.read.schema(spark_schema(MANIFEST_COLUMNS)).parquet(out)
@@ -396,6 +513,9 @@ def produce(spark, cfg, paths: P.ExperimentPaths, inputs, opts, staging: str) ->
         raise InputDataError(f"4a: {n_rows - n_distinct} duplicate task ids (duplicate hosts in {inputs.parent_sample}?)")
     counts = {"n_rows": n_rows, "n_controls": int(summary.loc[summary["is_control"], "count"].sum()), "tier": opts.tier}
     counts["n_injections"] = n_rows - counts["n_controls"]
+    if hard_negative_counts:
+        counts["hard_negatives"] = hard_negative_counts
+        counts["n_injections"] -= sum(c["n_rows"] for c in hard_negative_counts.values())
     log.info("4a manifest: %s", counts)
     return counts
 

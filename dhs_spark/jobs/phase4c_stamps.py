@@ -328,6 +328,12 @@ def _psf_fwhm(row: dict) -> list[float]:
     return [float(f) for f in fwhm]
 
 
+def has_arc(row: dict) -> bool:
+    """Whether 4c injects into a manifest row: not a control and not a hard negative (a look-alike
+    position, cut as it is; null injections go through the injection path with zero flux)."""
+    return not row["is_control"] and not row.get("hard_neg_source")
+
+
 def make_stamp(row: dict, brick, params: StampParams, loader=None, psf: Optional[_BrickPsf] = None,
                noise_correlation=None) -> tuple[dict, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]]:
     """One manifest row -> (output columns, image (C, N, N) float32, invvar or None, the added
@@ -358,7 +364,7 @@ def make_stamp(row: dict, brick, params: StampParams, loader=None, psf: Optional
         "maskbits_or": int(cut.maskbits_or),
     }
     arc = None
-    if row["is_control"]:
+    if not has_arc(row):
         image = cut.image.astype(np.float32)
         out.update(source_mode="none", arc_snr_sum=0.0, arc_snr_peak=0.0)
         out.update({f"lensed_flux_{b}_nmgy": 0.0 for b in BANDS})
@@ -464,7 +470,7 @@ def stamp_batches(batches: Iterable[pa.RecordBatch], params: StampParams, attemp
                 brick.load()
                 t1 = time.perf_counter()
                 stats["io_s"] += t1 - t0
-                noise = cache.noise_correlation() if params.arc_noise_model == "correlated" and params.add_poisson and not row["is_control"] else None
+                noise = cache.noise_correlation() if params.arc_noise_model == "correlated" and params.add_poisson and has_arc(row) else None
                 values, image, invvar, arc = make_stamp(row, brick, params, loader, psf, noise)
                 arc = arc if params.write_arc_image else None
                 stats["inject_s"] += time.perf_counter() - t1

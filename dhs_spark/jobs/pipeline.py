@@ -23,7 +23,7 @@ import yaml
 
 from dhs_spark.config import ExperimentConfig, from_dict, from_yaml, load_variant
 from dhs_spark.config.experiment import CONFIG_DIR, new_experiment_id
-from dhs_spark.errors import ConfigError, ConfigErrors, DHSError
+from dhs_spark.errors import ConfigError, ConfigErrors, DHSError, InputDataError
 from dhs_spark.jobs import paths as P
 from dhs_spark.schema import PIPELINE_VERSION
 
@@ -39,12 +39,16 @@ SOURCE_MODE_FLAG = {"sersic": "parametric", "parametric": "parametric", "cosmos"
 @dataclass(frozen=True)
 class PipelineInputs:
     """Survey inputs (paths or URIs): the parent sample (or a sweep catalogue to select LRGs
-    from, when ``select_lrg``), the bricks table and the root holding the brick coadds."""
+    from, when ``select_lrg``), the bricks table, the root holding the brick coadds, and any
+    hard-negative catalogues."""
 
     parent_sample: Optional[str] = None
     bricks_table: Optional[str] = None
     coadd_root: Optional[str] = None
     select_lrg: bool = False
+    #: look-alike catalogues whose positions 4a adds as label-0 hard-negative rows
+    #: (:class:`dhs_spark.jobs.phase4a_manifest.HardNegativeCatalog`)
+    hard_negative_catalogs: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config field by dotted path, value in YAML (repeatable), e.g. data.oversample=2")
     p.add_argument("--parent-sample", help="4a: parent-sample table (.parquet, .csv or .fits) with brickname, ra, dec")
     p.add_argument("--select-lrg", action="store_true", help="4a: --parent-sample is a sweep catalogue; select LRGs with data.phase3_parent_sample's cuts")
+    p.add_argument("--hard-negative-catalog", nargs="+", action="append", metavar="PATH [TAG [WEIGHT]]",
+                   help="4a (repeatable): a look-alike catalogue (.parquet/.csv/.fits with ra, dec; optional brickname, lookalike_type, heldout) "
+                        "whose positions become label-0 hard-negative rows tagged TAG (default: the file's stem) with training weight WEIGHT (default 1)")
     p.add_argument("--bricks-table", help="4a: bricks table (psfsize per band) read by dhs_spark.survey.bricks.load_bricks_table")
     p.add_argument("--coadd-root", help="4c, score --score-input parent: directory or URI holding the brick coadds")
     p.add_argument("--mock-survey", help="build the embedded mock survey in this directory and use it for every input above")
@@ -185,13 +192,20 @@ def _plain(data):
 
 def resolve_inputs(args: argparse.Namespace, cfg: ExperimentConfig) -> PipelineInputs:
     """Input paths from the flags, or from a freshly built mock survey with --mock-survey."""
+    from dhs_spark.jobs.phase4a_manifest import HardNegativeCatalog
+
+    hard_negatives = tuple(HardNegativeCatalog.from_flag(v) for v in (args.hard_negative_catalog or []))
+    tags = [h.tag for h in hard_negatives]
+    if len(set(tags)) != len(tags):
+        raise InputDataError(f"--hard-negative-catalog: each catalogue needs its own TAG (got {tags})")
     if args.mock_survey:
         from dhs_spark.survey.mock import build_mock_survey
 
         mock = build_mock_survey(args.mock_survey)
         log.info("mock survey built in %s", args.mock_survey)
-        return PipelineInputs(parent_sample=str(mock.catalog_parquet), bricks_table=str(mock.bricks_table), coadd_root=str(mock.root), select_lrg=True)
-    return PipelineInputs(args.parent_sample, args.bricks_table, args.coadd_root, args.select_lrg)
+        return PipelineInputs(parent_sample=str(mock.catalog_parquet), bricks_table=str(mock.bricks_table), coadd_root=str(mock.root), select_lrg=True,
+                              hard_negative_catalogs=hard_negatives)  # fmt: skip
+    return PipelineInputs(args.parent_sample, args.bricks_table, args.coadd_root, args.select_lrg, hard_negatives)
 
 
 def _stage_module(stage: str):
