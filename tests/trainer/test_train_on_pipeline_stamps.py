@@ -27,7 +27,10 @@ def pipeline_stamps(spark, tmp_path_factory):
     args = ["--stage", "4c", "--source-mode", "sersic", "--experiment-id", "trainpipe", "--output", str(root / "out"),
             "--parent-sample", str(mock.catalog_parquet), "--select-lrg", "--bricks-table", str(mock.bricks_table),
             "--coadd-root", str(mock.root), "--set", "data.stamp_size=48", "--set", "data.n_replicates=4",
-            "--set", "data.healpix_nside=256", "--log-level", "WARNING"]  # fmt: skip
+            "--set", "data.healpix_nside=256", "--log-level", "WARNING",
+            # every LRG a host (the uniform priors): the host-conditioned population keeps ~25% of them,
+            # too few stamps for this test of the training mechanics
+            "--set", "population.mode=uniform"]  # fmt: skip
     assert main(["--stage", "4a", *args[2:]], spark=spark) == 0
     assert main(args, spark=spark) == 0
     return root / "out" / "trainpipe" / "phase4c_stamps" / "stamps"
