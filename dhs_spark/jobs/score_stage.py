@@ -17,9 +17,14 @@ Two inputs (``--score-input``):
 
 The per-partition work is :func:`score_batches`, a pure function from Arrow record batches to
 Arrow record batches of :data:`OUTPUT_SCHEMA` (no Spark import; tests and the benchmark run it
-directly). Spark (:func:`produce`) reads the input, calls it through ``mapInArrow``, and writes
-``scores/`` and ``rejects/`` into the stage's staging directory; ``run_stage`` commits it to
-``<experiment>/score/<score input>/`` with ``_COMPLETE.json``.
+directly). Spark (:func:`produce`) only moves small rows: in ``stamps`` mode one row per Parquet
+row group (:data:`UNIT_COLUMNS`, from the files' footers, read on the driver), whose stamps the
+Python worker reads itself with pyarrow (:func:`read_row_groups`); the JVM never holds an image
+(reading the 49 KB image values in the JVM and shipping them to Python through Arrow cost ~3 ms
+of JVM CPU per stamp, more than the forward pass). In ``parent`` mode the rows are the hosts.
+``mapInArrow`` returns one small row per input row; Spark writes ``scores/`` and ``rejects/``
+into the stage's staging directory; ``run_stage`` commits it to ``<experiment>/score/<score
+input>/`` with ``_COMPLETE.json``.
 
 Model: the driver reads the checkpoint file (local or any Hadoop URI), checks it loads, and
 broadcasts its bytes. A Python worker builds the model once per (checkpoint sha256, device,
@@ -78,6 +83,7 @@ class ScoreParams:
     executor. ``torch_threads``: torch's intra-op threads on CPU (Spark's ``spark.task.cpus``).
     ``score_input``: 'stamps' or 'parent'. Parent mode only: ``coadd_root``, ``stamp_size`` (px),
     ``healpix_nside`` and ``split_fractions`` (4a's split rule) and ``experiment_id`` (rejects).
+    Stamps mode: ``stamps_uri`` (the root the row-group units' paths are in) and ``score_split``.
     """
 
     checkpoint_sha256: str
@@ -91,6 +97,8 @@ class ScoreParams:
     healpix_nside: int = 64
     split_fractions: tuple[tuple[str, float], ...] = ()
     experiment_id: Optional[str] = None
+    stamps_uri: Optional[str] = None
+    score_split: Optional[str] = None
 
     def __post_init__(self):
         if self.score_input not in SCORE_INPUTS:
@@ -204,6 +212,38 @@ def _stamp_rows(batch: pa.RecordBatch, params: ScoreParams) -> tuple[dict, np.nd
     bad["reason"] = ["nonfinite_pixels"] * len(counts)
     bad["detail"] = [f"{int(c)} non-finite pixels in the stored stamp" for c in counts]
     return {k: v.filter(keep) for k, v in meta.items()}, images[finite], bad
+
+
+#: A unit of stamps-mode work: one Parquet row group (Spark ships these small rows, not the images).
+UNIT_COLUMNS: tuple[Column, ...] = (
+    Column("path", pa.string(), "file path inside the stamps URI's file system", False),
+    Column("row_group", pa.int32(), "row-group number in the file", False),
+    Column("hive_split", pa.string(), "the file's split=<value> directory, null when none"),
+)
+
+
+def read_row_groups(units: Iterable[pa.RecordBatch], params: ScoreParams) -> Iterator[pa.RecordBatch]:
+    """Stamp record batches (the scored columns only) of the row groups named by ``units``
+    (:data:`UNIT_COLUMNS`), read with pyarrow from ``params.stamps_uri``'s file system; a file
+    without a split column takes its ``split=`` directory; ``params.score_split`` filters rows."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from dhs_spark.spark_session import ARROW_MAX_RECORDS_PER_BATCH
+
+    fs, _ = P.arrow_filesystem(params.stamps_uri)
+    wanted = REQUIRED_STAMP_COLUMNS + OPTIONAL_STAMP_COLUMNS
+    path, pf = None, None
+    for batch in units:
+        for unit in batch.to_pylist():
+            if unit["path"] != path:
+                path, pf = unit["path"], pq.ParquetFile(fs.open_input_file(unit["path"]))
+            table = pf.read_row_group(int(unit["row_group"]), columns=[c for c in wanted if c in pf.schema_arrow.names])
+            if "split" not in table.column_names:
+                table = table.append_column("split", pa.array([unit["hive_split"]] * table.num_rows, pa.string()))
+            if params.score_split:
+                table = table.filter(pc.equal(table.column("split"), params.score_split))
+            yield from table.to_batches(max_chunksize=ARROW_MAX_RECORDS_PER_BATCH)
 
 
 class _Brick:
@@ -378,24 +418,48 @@ def _stamps_uri(spark, paths: P.ExperimentPaths, opts) -> tuple[str, Optional[st
     return paths.stamps, marker["run_id"]
 
 
-def _stamp_frame(spark, uri: str, opts, in_channels: int, stamp_size: int):
-    """The stamp rows to score (only the columns needed) after checking their shape against the model."""
-    from pyspark.sql import functions as F
+def _stamp_units(uri: str, opts, in_channels: int, stamp_size: int) -> list[dict]:
+    """One :data:`UNIT_COLUMNS` row (plus ``n_rows``, the stamps it will score) per Parquet row
+    group of the stamps at ``uri``, after checking
+    the files' columns and stamp shape against the model (from the footers: Parquet min/max
+    statistics of n_bands and stamp_size, the two columns themselves where a file has none)."""
+    import pyarrow.parquet as pq
 
-    df = spark.read.parquet(uri)
-    missing = [c for c in REQUIRED_STAMP_COLUMNS if c not in df.columns]
-    if missing:
-        raise InputDataError(f"{uri}: stamps lack columns {missing} needed for scoring (have {df.columns})")
-    if opts.score_split:
-        if "split" not in df.columns:
-            raise InputDataError(f"{uri}: --score-split {opts.score_split} given, but the stamps have no split column")
-        df = df.filter(F.col("split") == opts.score_split)
-    df = df.select(*REQUIRED_STAMP_COLUMNS, *[c for c in OPTIONAL_STAMP_COLUMNS if c in df.columns])
-    shapes = [(int(r["n_bands"]), int(r["stamp_size"])) for r in df.select("n_bands", "stamp_size").distinct().collect()]
-    bad = [s for s in shapes if s != (in_channels, stamp_size)]
-    if bad:
-        raise InputDataError(f"{uri}: stamps of (n_bands, stamp_size) {sorted(bad)}; the checkpoint's model takes ({in_channels}, {stamp_size})")
-    return df
+    from trainer.data import _hive_value, list_parquet_files
+
+    fs, files = list_parquet_files(uri)
+    units = []
+    for f in files:
+        try:
+            pf = pq.ParquetFile(fs.open_input_file(f))
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise InputDataError(f"{f}: not a readable Parquet file ({exc})") from None
+        names = pf.schema_arrow.names
+        missing = [c for c in REQUIRED_STAMP_COLUMNS if c not in names]
+        if missing:
+            raise InputDataError(f"{f}: stamps lack columns {missing} needed for scoring (have {names})")
+        split = _hive_value(f, "split")
+        if opts.score_split and "split" not in names and split is None:
+            raise InputDataError(f"{f}: --score-split {opts.score_split} given, but the stamps have no split column or split=... directory")
+        for rg in range(pf.num_row_groups):
+            meta = pf.metadata.row_group(rg)
+            if meta.num_rows == 0 or (opts.score_split and "split" not in names and split != opts.score_split):
+                continue
+            shape = []
+            for col in ("n_bands", "stamp_size"):
+                stats = meta.column(names.index(col)).statistics
+                if stats is not None and stats.has_min_max:
+                    shape.append({int(stats.min), int(stats.max)})
+                else:
+                    shape.append(set(pf.read_row_group(rg, columns=[col]).column(col).to_pylist()))
+            if shape != [{in_channels}, {stamp_size}]:
+                raise InputDataError(f"{f} row group {rg}: stamps of (n_bands, stamp_size) ({', '.join(str(sorted(v))[1:-1] for v in shape)}); "
+                                     f"the checkpoint's model takes ({in_channels}, {stamp_size})")  # fmt: skip
+            n_rows = meta.num_rows
+            if opts.score_split and "split" in names:
+                n_rows = pf.read_row_group(rg, columns=["split"]).column("split").to_pylist().count(opts.score_split)
+            units.append({"path": f, "row_group": rg, "hive_split": split, "n_rows": n_rows})
+    return units
 
 
 def produce(spark, cfg, paths: P.ExperimentPaths, inputs, opts, staging: str) -> dict:
@@ -427,9 +491,15 @@ def produce(spark, cfg, paths: P.ExperimentPaths, inputs, opts, staging: str) ->
     upstream: dict = {"score_input": opts.score_input, "checkpoint_sha256": sha, "checkpoint": opts.checkpoint}
     if opts.score_input == "stamps":
         uri, run_4c = _stamps_uri(spark, paths, opts)
-        rows = _stamp_frame(spark, uri, opts, in_channels, ck_size)
-        if opts.partitions:
-            rows = rows.repartition(int(opts.partitions), "task_id")
+        try:  # the workers read the stamps through pyarrow
+            P.arrow_filesystem(uri)
+        except ValueError as exc:
+            raise InputDataError(str(exc)) from None
+        units = _stamp_units(uri, opts, in_channels, ck_size)
+        params = dataclasses.replace(params, stamps_uri=uri, score_split=opts.score_split)
+        n_parts = max(1, min(len(units), int(opts.partitions) or spark.sparkContext.defaultParallelism))
+        n_input = sum(u.pop("n_rows") for u in units)
+        rows = spark.createDataFrame(units, spark_schema(UNIT_COLUMNS)).repartition(n_parts, "path", "row_group").sortWithinPartitions("path", "row_group")
         upstream.update(stamps_uri=uri, stamps_run_id=run_4c)
     else:
         from dhs_spark.jobs.phase4a_manifest import host_frame
@@ -448,11 +518,13 @@ def produce(spark, cfg, paths: P.ExperimentPaths, inputs, opts, staging: str) ->
         n_parts = int(opts.partitions) or spark.sparkContext.defaultParallelism
         rows = hosts.repartition(n_parts, "brickname").sortWithinPartitions("brickname", "ra", "dec")
         upstream.update(parent_sample=inputs.parent_sample, select_lrg=inputs.select_lrg)
+        n_input = rows.count()
 
-    n_input = rows.count()
     broadcast = spark.sparkContext.broadcast(data)
 
     def run(batches):
+        if params.score_input == "stamps":
+            batches = read_row_groups(batches, params)
         return score_batches(batches, params, lambda: broadcast.value)
 
     out = rows.mapInArrow(run, spark_schema(OUTPUT_COLUMNS)).persist(StorageLevel.DISK_ONLY)

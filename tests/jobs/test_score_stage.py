@@ -140,7 +140,8 @@ def test_hard_negative_source_column_tags_rows(scored, spark, survey, tmp_path):
     stamps = stamps.slice(0, 12).replace_schema_metadata(None)
     tags = pa.array(["ring", None, "model_fp"] * 4, pa.string())
     path = tmp_path / "hardneg_stamps.parquet"
-    pq.write_table(stamps.append_column("hard_neg_source", tags), path)
+    i = stamps.schema.get_field_index("hard_neg_source")  # the stamp schema may carry the (null) column already
+    pq.write_table(stamps.set_column(i, "hard_neg_source", tags) if i >= 0 else stamps.append_column("hard_neg_source", tags), path)
     # another experiment directory: --score-stamps needs no 4c there, and the fixture's scores stay
     assert _score(spark, survey, tmp_path, "--checkpoint", str(scored["ckpt"]), "--score-stamps", str(path), "--score-batch-size", "8") == 0
     got = _read(tmp_path / "t6" / "score" / "stamps" / "scores").set_index("task_id")
