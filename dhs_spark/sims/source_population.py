@@ -22,10 +22,13 @@ Distances come from ``astropy.cosmology`` (a realisation named in the config, de
 :func:`dhs_spark.config.seeds.rng_from_seed`); draws are made in a fixed order.
 
 Invalid catalogue redshifts (NaN, <= 0, or above :data:`~dhs_spark.sims.sed.Z_MAX`; the AEGIS
-library has none) follow one rule, flagged by ``source_zphot_fallback``: with a target redshift,
-the galaxy is taken to be at z_t already (no size or distance change); without one, its redshift
+library has none) follow one rule, flagged by ``source_zphot_fallback``: the galaxy's redshift
 is drawn from the photometric redshifts of the parametric catalogue (by default GalSim's
-F814W < 23.5 COSMOS sample, the magnitude-limited parent population of the source library).
+F814W < 23.5 COSMOS sample, the magnitude-limited parent population of the source library),
+then, with a target redshift, it is moved to z_t like any other galaxy. (Taking it to be at z_t
+already, the earlier rule, kept such a galaxy at its catalogue brightness while every other was
+dimmed to z_t: on the demo's library one redshift-less AEGIS galaxy then passed the
+detectability selection for 709 of 789 training injections.)
 
 Output keys (manifest columns; units in the names or here):
 
@@ -159,8 +162,6 @@ def cosmos_source_photometry(
     fallback = not _valid_z(zphot_given)
     if not fallback:
         z_cat = zphot_given
-    elif z_target is not None:
-        z_cat = float(z_target)
     else:
         pool = (load_parametric_catalog() if fallback_catalog is None else fallback_catalog).zphot
         pool = pool[(pool > 0) & (pool <= sed.Z_MAX)]

@@ -94,12 +94,13 @@ def test_moved_galaxy_matches_physical_spectrum_through_speclite_and_astropy(cos
 
 
 def test_invalid_zphot_follows_the_fallback_rule():
+    catalog = sp.load_parametric_catalog()
     for bad in (float("nan"), 0.0, -1.0, None):
         with_target = sp.cosmos_source_photometry(22.0, bad, rng_from_seed(1), z_target=1.7)
-        assert with_target["source_zphot_fallback"] is True
-        assert with_target["source_z_catalog"] == with_target["source_z"] == 1.7
-        assert with_target["source_size_scale"] == 1.0
-    catalog = sp.load_parametric_catalog()
+        assert with_target["source_zphot_fallback"] is True and with_target["source_z"] == 1.7
+        assert with_target["source_z_catalog"] in set(catalog.zphot.tolist()), "a catalogue zphot, then moved to the target like any galaxy"
+        same = sp.cosmos_source_photometry(22.0, with_target["source_z_catalog"], rng_from_seed(1), z_target=1.7)
+        assert with_target["source_size_scale"] == same["source_size_scale"] != 1.0
     drawn = {sp.cosmos_source_photometry(22.0, float("nan"), rng_from_seed(s))["source_z_catalog"] for s in range(20)}
     assert drawn <= set(catalog.zphot.tolist()), "without a target the redshift is a catalogue zphot"
     assert len(drawn) > 5
