@@ -140,10 +140,12 @@ def grid_cells(cfg, tier: str) -> tuple[GridCell, ...]:
 
 def source_pool(cfg):
     """The :class:`~dhs_spark.sims.lens_system.SourcePool` of the config's source mode, each
-    galaxy assigned to one split by magnitude strata (:func:`~dhs_spark.sims.lens_system.galaxy_splits`) (read on the driver: library metadata only, no images)."""
+    galaxy assigned to one split by strata of its magnitude at the median source redshift (:func:`~dhs_spark.sims.lens_system.galaxy_splits`) (read on the driver: library metadata only, no images)."""
     from dhs_spark.sims import lens_system
 
     fractions = tuple((str(k), float(v)) for k, v in cfg.data.split_fractions.items())
+    # galaxies are stratified into splits by their brightness at the median source redshift
+    z_ref = float(cfg.population.z_source_median)
     if cfg.data.source_mode == "cosmos":
         from dhs_spark.sims.cosmos import COSMOSLoaderV2
 
@@ -152,11 +154,11 @@ def source_pool(cfg):
                                  "data.cosmos_loader_mode 'synthetic' has none: use population.mode 'uniform'")  # fmt: skip
         meta = COSMOSLoaderV2(cosmos_path=cfg.data.cosmos_library_path, mode=cfg.data.cosmos_loader_mode).metadata_frame()
         meta = meta[meta["passes_cuts"]]
-        pool = lens_system.cosmos_pool({k: meta[k].to_numpy() for k in meta.columns}, fractions)
+        pool = lens_system.cosmos_pool({k: meta[k].to_numpy() for k in meta.columns}, fractions, z_ref, cfg.population.cosmology)
     else:
         from dhs_spark.sims.source_population import load_parametric_catalog
 
-        pool = lens_system.parametric_pool(load_parametric_catalog(cfg.population.parametric_catalog_path), fractions)
+        pool = lens_system.parametric_pool(load_parametric_catalog(cfg.population.parametric_catalog_path), fractions, z_ref, cfg.population.cosmology)
     pool.check([name for name, frac in fractions if frac > 0])
     return pool
 

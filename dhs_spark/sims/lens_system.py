@@ -74,7 +74,9 @@ def galaxy_splits(idents, mags, split_fractions, salt: str = "source-split-v2") 
     of ``idents``), so each galaxy feeds exactly one split and every split's galaxies span the
     library's magnitude range in proportion.
 
-    Galaxies are taken brightest first (``mags``, AB; NaN last; ties by hash) and each goes to the
+    Galaxies are taken brightest first (``mags``, AB: the pools pass each galaxy's magnitude at
+    the population's median source redshift, :func:`mags_at_redshift`; NaN last; ties by hash)
+    and each goes to the
     split furthest below its share ``split_fractions`` ((name, fraction) pairs) of the galaxies so
     far (ties broken by hash(salt, ident, split)): a stratified split. A plain hash of the ident
     is representative only for large libraries; on the demo's 10-galaxy library it gave val one
@@ -103,10 +105,22 @@ def galaxy_splits(idents, mags, split_fractions, salt: str = "source-split-v2") 
     return out
 
 
-def cosmos_pool(meta: dict, split_fractions) -> SourcePool:
+def mags_at_redshift(idents, mag_f814w, zphot, z_reference: float, cosmology) -> np.ndarray:
+    """Each galaxy's r magnitude (AB) moved to ``z_reference`` by
+    :func:`~dhs_spark.sims.source_population.cosmos_source_photometry` (a fixed spectrum draw per
+    galaxy, seeded by its ident): how bright it would be as a source at that redshift, the order
+    :func:`galaxy_splits` stratifies by. A low-redshift galaxy of bright catalogue magnitude is
+    faint there (the demo's z = 0.44 galaxy of F814W 22.1 reads r ~ 26 at z = 1.8)."""
+    return np.array([cosmos_source_photometry(float(m), float(z), rng_from_seed(stable_hash64("split-reference", str(i))), z_target=float(z_reference),
+                                              cosmology=cosmology)["source_r_mag"] for i, m, z in zip(idents, mag_f814w, zphot)])  # fmt: skip
+
+
+def cosmos_pool(meta: dict, split_fractions, z_reference: Optional[float] = None, cosmology=None) -> SourcePool:
     """A :class:`SourcePool` from COSMOS library metadata (arrays ident, mag, zphot,
-    half_light_radius_arcsec), each galaxy in the split of :func:`galaxy_splits`."""
-    splits = galaxy_splits(meta["ident"], meta["mag"], split_fractions)
+    half_light_radius_arcsec), each galaxy in the split of :func:`galaxy_splits`, stratified by
+    its magnitude at ``z_reference`` (:func:`mags_at_redshift`; the catalogue magnitude when None)."""
+    mags = meta["mag"] if z_reference is None else mags_at_redshift(meta["ident"], meta["mag"], meta["zphot"], z_reference, cosmology)
+    splits = galaxy_splits(meta["ident"], mags, split_fractions)
     pools = {}
     for name, _ in split_fractions:
         sel = splits == name
@@ -114,9 +128,11 @@ def cosmos_pool(meta: dict, split_fractions) -> SourcePool:
     return SourcePool("cosmos", cosmos=pools)
 
 
-def parametric_pool(catalog: ParametricCatalog, split_fractions) -> SourcePool:
-    """A :class:`SourcePool` of the parametric catalogue's rows, split by :func:`galaxy_splits`."""
-    splits = galaxy_splits(catalog.ident, catalog.mag_f814w, split_fractions)
+def parametric_pool(catalog: ParametricCatalog, split_fractions, z_reference: Optional[float] = None, cosmology=None) -> SourcePool:
+    """A :class:`SourcePool` of the parametric catalogue's rows, split by :func:`galaxy_splits`
+    (stratified as in :func:`cosmos_pool`)."""
+    mags = catalog.mag_f814w if z_reference is None else mags_at_redshift(catalog.ident, catalog.mag_f814w, catalog.zphot, z_reference, cosmology)
+    splits = galaxy_splits(catalog.ident, mags, split_fractions)
     pools = {}
     for name, _ in split_fractions:
         sel = splits == name

@@ -55,3 +55,21 @@ def test_zero_fraction_splits_get_nothing_and_bad_fractions_are_refused():
         galaxy_splits(idents, mags, (("train", -0.1), ("val", 1.1)))
     with pytest.raises(ValueError, match="one value per galaxy"):
         galaxy_splits(idents, mags[:-1], FRACTIONS)
+
+
+def test_pools_stratify_by_the_brightness_a_galaxy_has_at_the_reference_redshift():
+    """A bright low-redshift galaxy is faint as a z = 1.8 source: the pool orders by that, not by
+    the catalogue magnitude (the demo's z = 0.44, F814W 22.1 galaxy reads r ~ 25.4 at z = 1.8)."""
+    from dhs_spark.sims.lens_system import cosmos_pool, mags_at_redshift
+
+    idents = np.array(["near", "far"])
+    m = mags_at_redshift(idents, [22.1, 22.9], [0.44, 0.96], 1.8, "Planck18")
+    assert m[0] - 22.1 > 2.5 and m[0] > m[1], "moved from z = 0.44 to 1.8 the brighter catalogue galaxy ends fainter"
+    assert np.array_equal(m, mags_at_redshift(idents, [22.1, 22.9], [0.44, 0.96], 1.8, "Planck18")), "deterministic per ident"
+    ids, mags = _library(20, seed=5)
+    zphot = np.linspace(0.3, 2.5, 20)
+    meta = {"ident": ids, "mag": mags, "zphot": zphot, "half_light_radius_arcsec": np.full(20, 0.3)}
+    pool = cosmos_pool(meta, FRACTIONS, z_reference=1.8, cosmology="Planck18")
+    expected = galaxy_splits(ids, mags_at_redshift(ids, mags, zphot, 1.8, "Planck18"), FRACTIONS)
+    for name, _ in FRACTIONS:
+        assert set(pool.cosmos[name]["ident"]) == set(ids[expected == name])
