@@ -65,7 +65,8 @@ PARENT_TAG, STAMPS_TAG = "parent", "stamps"
 
 
 def read_position_table(path, what: str):
-    """Read a Parquet/CSV/TSV table with a position; returns a DataFrame with float ``ra``,
+    """Read a Parquet/CSV/TSV table, or a directory of Parquet files (the score stage's
+    ``scores/``), with a position; returns a DataFrame with float ``ra``,
     ``dec`` (deg) and, where present, ``score`` and ``name``. Errors name the file and row."""
     import pandas as pd
 
@@ -73,7 +74,14 @@ def read_position_table(path, what: str):
     if not path.exists():
         raise InputDataError(f"{what}: file not found: {path}")
     suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
+    if path.is_dir():  # a Parquet dataset directory, e.g. the score stage's scores/ (hive split=... folders too)
+        import pyarrow.dataset as ds
+
+        try:
+            table = ds.dataset(str(path), format="parquet", partitioning="hive").to_table().to_pandas()
+        except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
+            raise InputDataError(f"{what}: {path}: not a readable Parquet directory ({exc})") from None
+    elif suffix in (".parquet", ".pq"):
         table = pd.read_parquet(path)
     elif suffix in (".csv", ".tsv", ".txt"):
         table = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")

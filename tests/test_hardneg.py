@@ -195,6 +195,22 @@ def test_score_stage_rows_parent_and_hard_negative_tags_are_real():
     assert (counts["model_fp_dropped_unproven"], counts["model_fp_dropped_injected_positives"]) == (1, 1)
 
 
+def test_a_score_stage_directory_is_read_whole(tmp_path, inputs):
+    """The score stage writes scores/ as a Parquet directory (split=... folders): collect reads
+    every file of it, and its parent rows are the model false positives."""
+    scores = tmp_path / "scores"
+    for i, split in enumerate(("train", "test")):
+        (scores / f"split={split}").mkdir(parents=True)
+        pd.DataFrame({"ra": [150.0 + i, 152.0 + i], "dec": [DEC0, DEC0], "score": [0.95, 0.2], "label": pd.array([None, None], "Int32"),
+                      "source_tag": ["parent", "parent"], "task_id": [f"p{i}a", f"p{i}b"]}).to_parquet(scores / f"split={split}" / "part-0.parquet")  # fmt: skip
+    res = collect_hard_negatives(model_scores_path=scores, known_lens_path=inputs["lenses"], output_dir=tmp_path / "out")
+    fp = res.table[res.table["source"] == "model_fp"]
+    assert sorted(fp["ra"].round(6)) == [150.0, 151.0], "the high-scoring parent row of each file"
+    (scores / "split=train" / "part-0.parquet").write_bytes(b"not parquet")
+    with pytest.raises(InputDataError, match="not a readable Parquet directory"):
+        collect_hard_negatives(model_scores_path=scores, known_lens_path=inputs["lenses"], output_dir=tmp_path / "out2")
+
+
 def test_exclusion_radius_flag(tmp_path, inputs, capsys):
     """A real row 4" from the known lens: dropped at the default 5", kept at --exclusion-radius-arcsec 3."""
     path = tmp_path / "s.parquet"
