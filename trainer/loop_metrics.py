@@ -45,10 +45,10 @@ def tpr_at_fpr(pos_scores: np.ndarray, neg_scores: np.ndarray, fpr: float) -> fl
     return float(np.mean(np.asarray(pos_scores) > thr))
 
 
-def _metrics(pos, neg_ctrl, looks, look_types, visibility, completeness):
+def _metrics(pos, neg_ctrl, looks, look_types, visibility, completeness, all_types):
     thr = threshold_at_completeness(pos, completeness)
     out = {"threshold": thr}
-    for t in sorted(set(look_types)):
+    for t in all_types:  # every type of the full set: a resample may lack one (NaN then)
         sel = look_types == t
         out[f"contamination:{t}"] = float(np.mean(looks[sel] >= thr)) if sel.any() else float("nan")
     out["contamination:all"] = float(np.mean(looks >= thr)) if looks.size else float("nan")
@@ -75,11 +75,12 @@ def compare_generations(scores: dict, label: np.ndarray, is_control: np.ndarray,
     pos_i, ctrl_i, look_i = np.flatnonzero(label == 1), np.flatnonzero(ctrl & ~is_look), np.flatnonzero(is_look)
     look_types = np.array([t.split(":", 1)[1] if ":" in t else t for t in tags[look_i]], dtype=object)
     vis = np.asarray(visibility, dtype=np.float64)
+    all_types = sorted(set(look_types))
     names = list(scores)
     arrays = {g: np.asarray(scores[g], dtype=np.float64) for g in names}
 
     def run(p, c, lk):
-        return {g: _metrics(s[pos_i[p]], s[ctrl_i[c]], s[look_i[lk]], look_types[lk], vis[pos_i[p]], completeness) for g, s in arrays.items()}
+        return {g: _metrics(s[pos_i[p]], s[ctrl_i[c]], s[look_i[lk]], look_types[lk], vis[pos_i[p]], completeness, all_types) for g, s in arrays.items()}
 
     point = run(np.arange(pos_i.size), np.arange(ctrl_i.size), np.arange(look_i.size))
     rng = np.random.default_rng(seed)
