@@ -19,12 +19,20 @@ same settings, ``--force`` redoes them all, ``--redo NAME`` one of them):
     in ``local[2]``: 4a manifest, 4c stamps, 4d data gates.
  5. ``train``: a small ResNet on CPU (:func:`trainer.train.fit`), with its model-level gates.
  6. ``score``: every stamp scored; ROC, tpr@fpr and completeness on the test split.
- 7. ``hard_negatives``: model false positives (controls scoring >= 0.8) plus the real ring and
-    merger catalogues, excluded around known lenses (:func:`dhs_spark.hardneg.collect_hard_negatives`).
- 8. ``anchors``: the six real DR10 candidate cutouts scored through the anchor baseline, and a
+ 7. ``hard_negatives``: the Spark score stage scores the mock parent sample (every selected
+    LRG, un-injected) with Gen5; its real false positives (>= 0.8) plus the real ring and merger
+    catalogues, excluded around known lenses, make the lookup
+    (:func:`dhs_spark.hardneg.collect_hard_negatives`).
+ 8. ``retrain``: Gen6, the same model and schedule plus the training split's lens look-alikes
+    (rings, spiral arms, blue companions, mergers planted in the mock survey) and the mined
+    false positives.
+ 9. ``loop``: Gen5 against Gen6 on the held-out look-alikes and injections
+    (:mod:`trainer.loop_metrics`), with bootstrap intervals.
+10. ``anchors``: the six real DR10 candidate cutouts scored through the anchor baseline, and a
     held-out injected set: test-split hosts with galaxies never used in training.
- 9. ``gallery``: host, arc alone and stamp, per band and RGB, for COSMOS and Sersic sources.
-10. ``report``: ``<output>/report.html`` (self-contained) and ``<output>/summary.json``.
+11. ``realism``: arc visibility and colours of real lenses, injections and controls; the probe.
+12. ``gallery``: host, arc alone and stamp, per band and RGB, for COSMOS and Sersic sources.
+13. ``report``: ``<output>/report.html`` (self-contained) and ``<output>/summary.json``.
 
 ``summary.json`` holds every number the report shows under ``results`` (equal across runs with
 the same seed and profile), the stage times under ``timings_s`` and run details under ``run``.
@@ -66,6 +74,11 @@ SUPPLIED_CATALOGUES = TEST_DATA / "catalogs" / "supplied"
 PIPELINE_SCRIPT = REPO_ROOT / "emr" / "phase4_pipeline.py"
 EXPERIMENT_ID = "demo"
 SPLIT_FRACTIONS = (("train", 0.7), ("val", 0.15), ("test", 0.15))  # the config default, checked below
+#: hard_neg_source tag of the mock survey's look-alikes (4a --hard-negative-catalog)
+LOOKALIKE_TAG = "lookalike"
+#: Free look-alikes keep this far from every mock LRG (pixels): outside a 64-px LRG stamp's centre
+#: half; the mock's 70 px leaves no room among the demo's 90 LRGs per 640-px brick.
+LOOKALIKE_MIN_LRG_DISTANCE_PIX = 45.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,12 @@ class DemoProfile:
     spark_master: str = "local[2]"
     gallery_examples: int = 3
     n_bootstrap: int = 1000
+    # lens look-alikes planted per brick (dhs_spark.survey.lookalikes): at free positions, and
+    # spiral arms / blue companions on LRGs; 4a turns them into hard-negative rows
+    n_lookalikes_free_per_brick: int = 4
+    n_lookalikes_on_lrgs_per_brick: int = 3
+    #: loss weight of a look-alike stamp in the Gen6 training (hard_negatives.weight x the catalogue's 1.0)
+    lookalike_weight: float = 2.0
 
 
 PROFILES = {
@@ -163,6 +182,22 @@ class DemoPaths:
         return self.train / "best.pt"
 
     @property
+    def train_gen6(self) -> Path:
+        return self.root / "train_gen6"
+
+    @property
+    def checkpoint_gen6(self) -> Path:
+        return self.train_gen6 / "best.pt"
+
+    @property
+    def parent_scores(self) -> Path:
+        return self.experiment / "score" / "parent" / "scores"
+
+    @property
+    def scores_gen6(self) -> Path:
+        return self.root / "scores" / "scores_gen6.parquet"
+
+    @property
     def scores(self) -> Path:
         return self.root / "scores" / "scores.parquet"
 
@@ -206,6 +241,7 @@ def stage_mock_survey(paths: DemoPaths, prof: DemoProfile, seed: int) -> dict:
     import pandas as pd
 
     from dhs_spark.config.experiment import DataVariantConfig
+    from dhs_spark.survey.lookalikes import LookalikeOptions
     from dhs_spark.survey.mock import build_mock_survey
     from dhs_spark.survey.parent import select_lrg
 
@@ -213,7 +249,11 @@ def stage_mock_survey(paths: DemoPaths, prof: DemoProfile, seed: int) -> dict:
         shutil.rmtree(paths.mock)
     _say(f"{prof.n_bricks} bricks of {prof.brick_size_pix} px, {prof.n_lrg_per_brick} LRGs each -> {paths.mock}")
     mock = build_mock_survey(paths.mock, n_bricks=prof.n_bricks, brick_size_pix=prof.brick_size_pix, seed=seed, n_lrg_per_brick=prof.n_lrg_per_brick,
-                             n_neighbours_per_brick=prof.n_neighbours_per_brick, n_stars_per_brick=prof.n_stars_per_brick)  # fmt: skip
+                             n_neighbours_per_brick=prof.n_neighbours_per_brick, n_stars_per_brick=prof.n_stars_per_brick,
+                             lookalikes=LookalikeOptions(n_free_per_brick=prof.n_lookalikes_free_per_brick, n_lrg_hosts_per_brick=prof.n_lookalikes_on_lrgs_per_brick,
+                                                         min_lrg_distance_pix=LOOKALIKE_MIN_LRG_DISTANCE_PIX))  # fmt: skip
+    looks = pd.read_parquet(mock.lookalike_catalog_path)
+    _say(f"{len(looks)} lens look-alikes planted ({int(looks['heldout'].sum())} held out): {looks['lookalike_type'].value_counts().sort_index().to_dict()}")
     cat = pd.read_parquet(mock.catalog_parquet)
     variant = DataVariantConfig().phase3_parent_sample
     selected = select_lrg(cat, variant)
@@ -226,6 +266,9 @@ def stage_mock_survey(paths: DemoPaths, prof: DemoProfile, seed: int) -> dict:
         "lrg_variant": variant,
         "n_selected_lrg": int(selected.sum()),
         "n_selected_not_lrg_role": int((selected & (cat["MOCK_ROLE"] != "lrg")).sum()),
+        "lookalikes": {"n": int(len(looks)), "n_heldout": int(looks["heldout"].sum()),
+                       "by_type": {str(k): int(v) for k, v in looks["lookalike_type"].value_counts().sort_index().items()},
+                       "by_source": {str(k): int(v) for k, v in looks["source"].value_counts().sort_index().items()}},
     }
 
 
@@ -358,7 +401,16 @@ def spark_command(paths: DemoPaths, prof: DemoProfile, seed: int) -> list[str]:
         "--coadd-root", str(mock), "--output", str(paths.pipeline), "--experiment-id", EXPERIMENT_ID, "--seed", str(seed),
         "--set", f"data.stamp_size={prof.stamp_size}", "--set", f"data.healpix_nside={prof.healpix_nside}",
         "--set", f"data.n_replicates={prof.n_replicates}", "--real-cutouts", str(CUTOUTS_DIR), "--log-level", "INFO",
+        "--hard-negative-catalog", str(mock / "lookalikes-mock.parquet"), LOOKALIKE_TAG, "1.0",
     ]  # fmt: skip
+
+
+def score_command(paths: DemoPaths, prof: DemoProfile, seed: int) -> list[str]:
+    """The spark-submit command line that scores the mock parent sample (every selected LRG,
+    un-injected, cut by 4c's code) with the Gen5 checkpoint: the search a hard-negative miner reads."""
+    cmd = spark_command(paths, prof, seed)
+    cmd[cmd.index("--stage") + 1] = "score"
+    return cmd + ["--score-input", "parent", "--checkpoint", str(paths.checkpoint)]
 
 
 def _run_logged(cmd: list[str], log_path: Path, show) -> int:
@@ -435,14 +487,24 @@ def write_training_view(stamps_dir: Path, out_dir: Path) -> dict[str, int]:
     return counts
 
 
-def training_config(paths: DemoPaths, prof: DemoProfile, seed: int):
-    from dhs_spark.config.experiment import ExperimentConfig, ModelConfig, SeedConfig, TrainingConfig
+def training_config(paths: DemoPaths, prof: DemoProfile, seed: int, generation: int = 5):
+    """The trainer's config. Gen5 learns from injections and controls only (the look-alike stamps
+    stay out of its training: ``hard_negatives.sources = []``); Gen6 adds the training split's
+    look-alikes (weight ``prof.lookalike_weight``) and up-weights stamps at the Gen5 false
+    positives mined from the parent sample (the position lookup)."""
+    from dhs_spark.config.experiment import ExperimentConfig, HardNegativeConfig, ModelConfig, SeedConfig, TrainingConfig
 
     pipe = pipeline_config(paths)
+    if generation == 5:
+        hard = HardNegativeConfig(sources=[])
+    else:
+        hard = HardNegativeConfig(sources=[LOOKALIKE_TAG], weight=prof.lookalike_weight, enabled=True,
+                                  hard_neg_path=str(paths.hardneg / "hard_negative_lookup.parquet"))  # fmt: skip
     return ExperimentConfig(
         experiment_name="demo",
-        experiment_id="demo-train",
-        output_dir=str(paths.train),
+        experiment_id=f"demo-train-gen{generation}",
+        output_dir=str(paths.train if generation == 5 else paths.train_gen6),
+        hard_negatives=hard,
         seeds=SeedConfig(global_seed=seed),
         data=pipe.data,
         priors=pipe.priors,
@@ -452,22 +514,26 @@ def training_config(paths: DemoPaths, prof: DemoProfile, seed: int):
     )  # fmt: skip
 
 
-def stage_train(paths: DemoPaths, prof: DemoProfile, seed: int) -> dict:
+def _fit(paths: DemoPaths, prof: DemoProfile, seed: int, generation: int) -> dict:
     from trainer.train import fit, json_safe
 
+    cfg = training_config(paths, prof, seed, generation)
+    logging.getLogger("trainer").setLevel(logging.INFO)
+    _say(f"Gen{generation}: resnet_small (width {prof.model_width}) on CPU, {prof.epochs} epochs, batch {prof.batch_size}")
+    metrics = fit(cfg, str(paths.training_view))
+    epochs = [{k: e[k] for k in ("epoch", "lr", "train_loss", "val_loss", "val_auroc") if k in e} for e in metrics["epochs"]]
+    data = {k: v for k, v in metrics["data"].items() if k != "path"}  # results hold no absolute paths (runs are compared)
+    return json_safe({"data": data, "epochs": epochs, "best": metrics["best"], "test_auroc_in_training": metrics.get("test", {}).get("auroc"),
+                      "gates": metrics["gates"], "hard_negative_stamps": metrics.get("hard_negative_stamps"), "hard_negative_join": metrics.get("hard_negatives"),
+                      "model": dataclasses.asdict(cfg.model), "training": {k: getattr(cfg.training, k) for k in ("epochs", "batch_size", "learning_rate", "device")}})  # fmt: skip
+
+
+def stage_train(paths: DemoPaths, prof: DemoProfile, seed: int) -> dict:
     counts = write_training_view(paths.stamps, paths.training_view)
     _say(f"training view {paths.training_view}: {counts}")
     if min(counts.values()) == 0:
         raise DemoError(f"a split is empty ({counts}): raise the number of bricks or data.healpix_nside")
-    cfg = training_config(paths, prof, seed)
-    logging.getLogger("trainer").setLevel(logging.INFO)
-    _say(f"resnet_small (width {prof.model_width}) on CPU, {prof.epochs} epochs, batch {prof.batch_size}")
-    metrics = fit(cfg, str(paths.training_view))
-    epochs = [{k: e[k] for k in ("epoch", "lr", "train_loss", "val_loss", "val_auroc") if k in e} for e in metrics["epochs"]]
-    data = {k: v for k, v in metrics["data"].items() if k != "path"}  # results hold no absolute paths (runs are compared)
-    return json_safe({"view_counts": counts, "data": data, "epochs": epochs, "best": metrics["best"],
-                      "test_auroc_in_training": metrics.get("test", {}).get("auroc"), "gates": metrics["gates"],
-                      "model": dataclasses.asdict(cfg.model), "training": {k: getattr(cfg.training, k) for k in ("epochs", "batch_size", "learning_rate", "device")}})  # fmt: skip
+    return {"view_counts": counts, **_fit(paths, prof, seed, 5)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -514,22 +580,32 @@ def stage_score(paths: DemoPaths, prof: DemoProfile, seed: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. hard negatives
+# 7-9. hard negatives, Gen6, the loop
 # ---------------------------------------------------------------------------------------------
 def stage_hard_negatives(paths: DemoPaths, prof: DemoProfile, seed: int) -> dict:
+    """The mining half of the loop: the Spark score stage scores the mock parent sample (every
+    selected LRG, un-injected) with Gen5; :func:`dhs_spark.hardneg.collect_hard_negatives`
+    keeps the real rows scoring >= the threshold (never an injection, nothing near a known lens)
+    plus the real ring and merger catalogues, into the lookup Gen6 trains with."""
     import pandas as pd
 
     from dhs_spark.hardneg import collect_hard_negatives
     from trainer.hardneg_join import join_hard_negatives, load_lookup
     from trainer.train import json_safe
 
+    cmd = score_command(paths, prof, seed)
+    log_path = paths.logs / "spark_score_parent.log"
+    _say(f"spark-submit ... emr/phase4_pipeline.py --stage score --score-input parent --checkpoint {paths.checkpoint.name} (full log: {log_path})")
+    code = _run_logged(cmd, log_path, _show_pipeline_line)
+    if code != 0:
+        tail = "".join(log_path.read_text().splitlines(keepends=True)[-30:])
+        raise DemoError(f"spark score stage: exit code {code}; see {log_path}; last lines:\n{tail}")
+    parent = pd.read_parquet(paths.parent_scores)
+    _say(f"parent sample scored: {len(parent)} LRGs, {int((parent['score'] >= 0.5).sum())} score >= 0.5")
     cfg = training_config(paths, prof, seed).hard_negatives
-    scores = pd.read_parquet(paths.scores)
     paths.hardneg.mkdir(parents=True, exist_ok=True)
-    negatives = paths.hardneg / "model_scores_controls.parquet"
-    scores[scores["label"] == 0].to_parquet(negatives, index=False)  # a false positive is a control scored high
     merged = paths.catalogs / "hard_negatives_merged.parquet"
-    result = collect_hard_negatives(model_scores_path=negatives, ring_catalog_path=merged, merger_catalog_path=merged,
+    result = collect_hard_negatives(model_scores_path=paths.parent_scores, ring_catalog_path=merged, merger_catalog_path=merged,
                                     known_lens_path=paths.catalogs / "known_lenses_merged.parquet", output_dir=paths.hardneg, config=cfg)  # fmt: skip
     by_source = result.table["source"].value_counts().to_dict()
     _say(f"{len(result.table)} hard negatives: {by_source}")
@@ -538,12 +614,46 @@ def stage_hard_negatives(paths: DemoPaths, prof: DemoProfile, seed: int) -> dict
                                load_lookup(str(result.lookup_path)), cfg.match_radius_arcsec, cfg.hard_neg_weight)  # fmt: skip
     return json_safe({"counts": {k: int(v) for k, v in result.counts.items()}, "by_source": {str(k): int(v) for k, v in sorted(by_source.items())},
             "n_total": int(len(result.table)), "min_score_threshold": cfg.min_score_threshold,
+            "parent_scored": {"n": int(len(parent)), "score_quantiles_50_90_99": [float(q) for q in np.quantile(parent["score"], (0.5, 0.9, 0.99))]},
             "weights": {"model_fp": cfg.weight_model_fp, "ring": cfg.weight_ring, "merger": cfg.weight_merger},
             "exclusion_radius_arcsec": cfg.exclusion_radius_arcsec, "join_preview": join.report})  # fmt: skip
 
 
+def stage_retrain(paths: DemoPaths, prof: DemoProfile, seed: int) -> dict:
+    """Gen6: the same data, model and schedule as Gen5, plus the training split's look-alike
+    stamps and the mined false positives' positions (:func:`training_config`)."""
+    return _fit(paths, prof, seed, 6)
+
+
+def stage_loop(paths: DemoPaths, prof: DemoProfile, seed: int) -> dict:
+    """Gen5 against Gen6 on the held-out (test-split) injections, controls and look-alikes
+    (:func:`trainer.loop_metrics.compare_generations`): contamination by look-alike type at 50%
+    completeness, tpr at fpr 1e-2 and 1e-3, completeness by arc visibility, each with a
+    bootstrap interval, and the paired Gen6 - Gen5 difference."""
+    import pandas as pd
+
+    from trainer.loop_metrics import compare_generations
+    from trainer.score import score_parquet
+    from trainer.train import json_safe
+
+    n = score_parquet(str(paths.checkpoint_gen6), str(paths.training_view), str(paths.scores_gen6), device="cpu")
+    _say(f"Gen6 scored {n} stamps -> {paths.scores_gen6}")
+    truth = _truth_table(paths.training_view, ("task_id", "split", "label", "is_control", "is_null_injection", "hard_neg_source", "arc_visibility_snr"))
+    gen5 = pd.read_parquet(paths.scores)[["task_id", "score"]].rename(columns={"score": "gen5"})
+    gen6 = pd.read_parquet(paths.scores_gen6)[["task_id", "score"]].rename(columns={"score": "gen6"})
+    table = truth.merge(gen5, on="task_id", validate="one_to_one").merge(gen6, on="task_id", validate="one_to_one")
+    test = table[(table["split"] == "test") & ~table["is_null_injection"].fillna(False).astype(bool)].sort_values("task_id")
+    out = compare_generations({"gen5": test["gen5"].to_numpy(), "gen6": test["gen6"].to_numpy()}, test["label"].to_numpy(int),
+                              test["is_control"].to_numpy(bool), test["hard_neg_source"].tolist(), test["arc_visibility_snr"].to_numpy(float),
+                              n_bootstrap=prof.n_bootstrap, seed=seed)  # fmt: skip
+    d = out["difference"]["contamination:all"]
+    _say(f"contamination of held-out look-alikes at 50% completeness: Gen5 {out['generations']['gen5']['contamination:all']['value']:.3f}, "
+         f"Gen6 {out['generations']['gen6']['contamination:all']['value']:.3f} (difference {d['value']:+.3f}, 95% interval {d['interval']})")
+    return json_safe(out)
+
+
 # ---------------------------------------------------------------------------------------------
-# 8. anchors
+# 10. anchors
 # ---------------------------------------------------------------------------------------------
 def _injection_rows(view: Path, split: str) -> list[dict]:
     """Manifest columns of the injection rows of ``split`` (no images), sorted by task_id."""
@@ -552,15 +662,22 @@ def _injection_rows(view: Path, split: str) -> list[dict]:
     from dhs_spark.schema import MANIFEST_COLUMNS
 
     table = pq.read_table(view / f"{split}.parquet", columns=[c.name for c in MANIFEST_COLUMNS] + ["arc_snr_sum"])
-    rows = [r for r in table.to_pylist() if not r["is_control"]]
+    rows = [r for r in table.to_pylist() if not r["is_control"] and not r["hard_neg_source"]]
     return sorted(rows, key=lambda r: r["task_id"])
 
 
 def _images_of(view: Path, split: str, label: int) -> np.ndarray:
+    """The stamps of ``split`` with ``label``: injections for 1, controls for 0 (not null
+    injections or look-alikes)."""
+    import pyarrow.parquet as pq
+
     from trainer.data import StampIndex, load_images
 
     index = StampIndex.scan(str(view / f"{split}.parquet"))
-    return load_images(index, np.flatnonzero(index.meta["label"] == label))
+    keep = index.meta["label"] == label
+    if label == 0:
+        keep &= pq.read_table(view / f"{split}.parquet", columns=["is_control"])["is_control"].to_numpy(zero_copy_only=False).astype(bool)
+    return load_images(index, np.flatnonzero(keep))
 
 
 def stage_anchors(paths: DemoPaths, prof: DemoProfile, seed: int) -> dict:
@@ -630,7 +747,7 @@ def stage_anchors(paths: DemoPaths, prof: DemoProfile, seed: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# 9. realism
+# 11. realism
 # ---------------------------------------------------------------------------------------------
 #: Stamps per set for the arc measurements (~60 ms each), and injections for the probe (test split).
 REALISM_MAX_STAMPS = 300
@@ -662,7 +779,7 @@ def stage_realism(paths: DemoPaths, prof: DemoProfile, seed: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# 10. gallery
+# 12. gallery
 # ---------------------------------------------------------------------------------------------
 def pick_gallery_rows(rows: list[dict], n: int) -> list[dict]:
     """``n`` injections with theta_E >= 1" spread over the upper arc-SNR quantiles (0.5-0.95),
@@ -744,6 +861,8 @@ STAGES = (
     ("train", stage_train),
     ("score", stage_score),
     ("hard_negatives", stage_hard_negatives),
+    ("retrain", stage_retrain),
+    ("loop", stage_loop),
     ("anchors", stage_anchors),
     ("realism", stage_realism),
     ("gallery", stage_gallery),

@@ -398,7 +398,7 @@ def _hard_negatives(summary: dict) -> Section:
     join_rows = [[k, v.get("lookup_entries"), v.get("matched_negatives"), v.get("matched_positives"), v.get("unmatched_entries")]
                  for k, v in join.get("by_source", {}).items()]  # fmt: skip
     return Section("Hard negatives", paragraphs=[
-        f"Model false positives (controls scored >= {h['min_score_threshold']}) plus the real Galaxy Zoo DECaLS rings and Darg et al. mergers; "
+        f"Model false positives (parent-sample LRGs, un-injected, scored >= {h['min_score_threshold']} by Gen5 in the Spark score stage) plus the real Galaxy Zoo DECaLS rings and Darg et al. mergers; "
         f"anything within {h['exclusion_radius_arcsec']}\" of a known lens dropped ({h['counts'].get('excluded_near_lens', 0)} here), duplicates "
         f"within the dedup radius merged ({h['counts'].get('merged_duplicates', 0)}). {h['n_total']} hard negatives in the lookup.",
         f"Join preview: {HARDNEG_MATCH_NOTE}. The real rings and mergers lie outside the mock sky, so only the model's own false "
@@ -407,6 +407,48 @@ def _hard_negatives(summary: dict) -> Section:
         ("Hard negatives by source", ["source", "loss weight", "in", "kept"], src_rows),
         ("Position join with this run's stamps", ["source", "lookup entries", "matched negatives", "matched positives", "unmatched"], join_rows),
     ])  # fmt: skip
+
+
+def _change_verdict(diff: dict) -> str:
+    ci = diff.get("interval")
+    if ci is None or not np.isfinite(diff.get("value", np.nan)):
+        return "n/a"
+    if ci[1] < 0:
+        return "lower (interval below 0)"
+    if ci[0] > 0:
+        return "higher (interval above 0)"
+    return "no resolved change (interval spans 0)"
+
+
+def _loop(summary: dict) -> Section:
+    res = summary["results"]
+    loop, mock, hard = res["loop"], res["mock_survey"]["lookalikes"], res["hard_negatives"]
+    g5, g6, diff = loop["generations"]["gen5"], loop["generations"]["gen6"], loop["difference"]
+    c = loop["counts"]
+    fmt = lambda m: _fmt_value(m["value"]) + (f" {_interval(m['interval'])}" if m.get("interval") else "")  # noqa: E731
+    keys = [("threshold", "score threshold at 50% completeness")]
+    keys += [(k, f"contamination: {k.split(':', 1)[1]} (n = {c['lookalikes_by_type'].get(k.split(':', 1)[1], c['lookalikes'])})")
+             for k in g5 if k.startswith("contamination:")]  # fmt: skip
+    keys += [(k, k.replace("_", " ")) for k in g5 if k.startswith("tpr_at_fpr")]
+    keys += [(k, "completeness, arc visibility " + k.split("vis_", 1)[1]) for k in g5 if k.startswith("completeness:")]
+    rows = [[label, fmt(g5[k]), fmt(g6[k]), fmt(diff[k]), _change_verdict(diff[k]) if k != "threshold" else ""] for k, label in keys]
+    gen6_train = res["retrain"].get("hard_negative_stamps") or {}
+    overall = diff["contamination:all"]
+    verdict = _change_verdict(overall)
+    return Section("The sim-to-real loop: Gen5 -> mine -> Gen6 (SYNTHETIC)", paragraphs=[
+        f"The mock survey carries {mock['n']} lens look-alikes ({', '.join(f'{k} {v}' for k, v in mock['by_type'].items())}); "
+        f"{mock['n_heldout']} are held out (always in the test split) and the rest follow the HEALPix split. Gen5 trained on injections "
+        "and controls only. The Spark score stage scored the un-injected parent sample "
+        f"({hard['parent_scored']['n']} LRGs) with Gen5; its false positives >= {hard['min_score_threshold']} and the real ring and merger "
+        f"catalogues made the lookup ({hard['n_total']} entries). Gen6 is the same model and schedule trained with the training split's "
+        f"look-alike stamps ({gen6_train.get('n_hard', 'n/a')} in training, weight {gen6_train.get('weight', 'n/a')}) and the lookup.",
+        f"Held-out test split: {c['injections']} injections, {c['controls']} controls, {c['lookalikes']} look-alikes. Contamination is "
+        "the fraction of a type's look-alikes scoring at or above the threshold that recovers half the injections (each model its own "
+        "threshold); tpr at fpr counts controls and look-alikes as negatives. Intervals: 95% bootstrap "
+        f"({loop['n_bootstrap']} resamples, the same rows for both models, so the difference is paired).",
+        f"Verdict on the loop: contamination of held-out look-alikes by Gen6 against Gen5 is {verdict} "
+        f"({_fmt_value(overall['value'])} {_interval(overall.get('interval'))}). Nothing was tuned on the held-out set.",
+    ], tables=[("Gen5 and Gen6 on held-out stamps", ["metric", "Gen5", "Gen6", "Gen6 - Gen5", "change"], rows)])  # fmt: skip
 
 
 def _anchors(summary: dict, paths) -> Section:
@@ -511,6 +553,8 @@ def _outputs(paths) -> Section:
         [rel(paths.train), "best.pt, best.safetensors, last.pt, metrics.json, config.yaml"],
         [rel(paths.scores), "task_id, ra, dec, label, score of every stamp"],
         [rel(paths.hardneg), "hard_negatives.parquet, hard_negative_lookup.parquet"],
+        [rel(paths.train_gen6), "Gen6: best.pt, metrics.json, config.yaml (with the look-alikes and the lookup)"],
+        [rel(paths.parent_scores), "Gen5 scores of the un-injected parent sample (Spark score stage)"],
         [rel(paths.anchors), "real/anchor_metrics.json, anchor_report.md, anchor_scores.parquet, PNGs"],
         [rel(paths.realism), "arcs/arcs_summary.json|md, arcs.parquet (one row per stamp); probe/probe.json, probe_report.md, probe_rows.parquet"],
         [rel(paths.logs), "spark_pipeline.log (full spark-submit output)"],
@@ -531,6 +575,7 @@ def write_demo_report(paths, summary: dict):
         _performance(summary),
         _completeness(summary),
         _hard_negatives(summary),
+        _loop(summary),
         _anchors(summary, paths),
         _realism(summary),
         _outputs(paths),

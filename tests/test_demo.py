@@ -162,9 +162,16 @@ def test_quick_demo_end_to_end_reuse_and_same_numbers(tmp_path, monkeypatch):
     assert not set(r["cosmos_library"]["heldout_idents"]) & set(r["cosmos_library"]["train_idents"])
     assert r["anchors"]["real"]["metrics"]["n_known_lenses"] == 6, "the six real DR10 candidate cutouts are scored"
     assert all(e["cosmos"]["remade_equals_pipeline"] for e in r["gallery"]["examples"]), "the pipeline's stamps are re-made bit for bit"
+    # the loop: look-alikes planted and cut, the parent sample scored by Spark, Gen6 trained with them, both compared on held-out rows
+    looks = r["mock_survey"]["lookalikes"]
+    assert looks["n"] > 0 and looks["n_heldout"] > 0
+    assert r["hard_negatives"]["parent_scored"]["n"] > 100
+    assert r["train"]["hard_negative_stamps"]["n_hard"] == 0 and r["retrain"]["hard_negative_stamps"]["n_hard"] > 0, "Gen5 without, Gen6 with look-alikes"
+    assert r["loop"]["counts"]["lookalikes"] > 0 and set(r["loop"]["generations"]) == {"gen5", "gen6"}
+    assert "contamination:all" in r["loop"]["difference"]
 
     html = (out / "report.html").read_text()
-    for title in ("Time per stage", "Stamp gallery", "Gates", "Synthetic performance", "Completeness", "Hard negatives", "Anchors",
+    for title in ("Time per stage", "Stamp gallery", "Gates", "Synthetic performance", "Completeness", "Hard negatives", "The sim-to-real loop", "Anchors",
                   "Injection realism", "Where the outputs are"):  # fmt: skip
         assert f">{title}" in html, f"report lacks the section {title!r}"
     srcs = re.findall(r"<img src='([^']*)'", html)
@@ -175,5 +182,5 @@ def test_quick_demo_end_to_end_reuse_and_same_numbers(tmp_path, monkeypatch):
     reused = run_demo(out, seed=42, profile="quick")
     assert all(reused["reused"].values()) and reused["results"] == r
     redone = run_demo(out, seed=42, profile="quick", redo=("train",))
-    assert [k for k, v in redone["reused"].items() if not v] == ["train", "score", "hard_negatives", "anchors", "realism", "gallery"]
+    assert [k for k, v in redone["reused"].items() if not v] == ["train", "score", "hard_negatives", "retrain", "loop", "anchors", "realism", "gallery"]
     assert redone["results"] == r, "the same seed must give the same numbers (training, scores, mining, anchors, gallery)"
