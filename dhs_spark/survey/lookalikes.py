@@ -715,14 +715,16 @@ def render_lookalike(
     x_pix: float,
     y_pix: float,
     fwhm_grz_arcsec,
-    oversample: int = 5,
+    oversample: int = 3,
     half_pix: Optional[int] = None,
 ) -> tuple[np.ndarray, int, int]:
     """(stamp, x0, y0): ``la`` centred at 0-based pixel (x_pix, y_pix), convolved per band with a
     Gaussian PSF of FWHM ``fwhm_grz_arcsec`` (g, r, z), on a (3, 2 half + 1, 2 half + 1) float64
     array in nanomaggies per pixel whose lower-left pixel is (x0, y0) (``mock._render``'s box).
 
-    Each component is sampled at ``oversample`` x ``oversample`` sub-pixels and normalised to
+    Each component is sampled at ``oversample`` x ``oversample`` sub-pixels (3: 0.087", a third
+    of the smallest knot's 0.1" half-light radius after the PSF; 5 cost 2.8x more, 70 s of the
+    demo's 224 look-alikes, for no visible change) and normalised to
     its flux there; the sum is convolved with the exact Gaussian transfer function (FFT,
     circular, so flux is conserved on the box) and summed back to pixels. The default box
     (:func:`stamp_half_pix`) leaves < 1e-3 of the light at the border.
