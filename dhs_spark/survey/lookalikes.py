@@ -980,6 +980,8 @@ def render_gallery_png(
     import matplotlib.pyplot as plt
     from astropy.visualization import make_lupton_rgb
 
+    from dhs_spark.survey.mock import _add as add_clipped  # the mock's own stamp-into-canvas add (mock imports this module)
+
     rng = rng_from_seed(stable_hash64("lookalike-gallery", int(seed)))
     fig, axes = plt.subplots(len(LOOKALIKE_TYPES), n_per_type, figsize=(2.2 * n_per_type, 2.3 * len(LOOKALIKE_TYPES)), squeeze=False)
     c = size_pix // 2
@@ -989,7 +991,7 @@ def render_gallery_png(
             stamp, x0, y0 = render_lookalike(la, c, c, fwhm_grz_arcsec)
             img = np.zeros((3, size_pix, size_pix))
             for k in range(3):
-                _add_clipped(img[k], stamp[k], x0, y0)
+                add_clipped(img[k], stamp[k], x0, y0)
                 img[k] += rng.standard_normal((size_pix, size_pix)) * sigma_pix_grz_nmgy[k]
             # channel weights of the Legacy Surveys viewer (legacypipe get_rgb: z/0.025, r/0.01, g/0.0066)
             rgb = make_lupton_rgb(img[2] / 0.025, img[1] / 0.01, img[0] / 0.0066, minimum=-1.0, stretch=6.0, Q=6)
@@ -1013,12 +1015,3 @@ def render_gallery_png(
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
-
-
-def _add_clipped(canvas: np.ndarray, stamp: np.ndarray, x0: int, y0: int) -> None:
-    """Add ``stamp`` to ``canvas`` with its lower-left pixel at (x0, y0), clipped to the canvas."""
-    h, w = stamp.shape
-    ys, xs = max(0, y0), max(0, x0)
-    ye, xe = min(canvas.shape[0], y0 + h), min(canvas.shape[1], x0 + w)
-    if ye > ys and xe > xs:
-        canvas[ys:ye, xs:xe] += stamp[ys - y0 : ye - y0, xs - x0 : xe - x0]
