@@ -15,6 +15,7 @@ from survey_test_helpers import LOOKALIKE_CATALOGUE_OBJECTS, write_lookalike_cat
 from dhs_spark.catalogs.common import parse_jname
 from dhs_spark.errors import ConfigError
 from dhs_spark.survey import lookalikes as lk
+from dhs_spark.survey import mock as mock_module
 from dhs_spark.survey.bricks import PIXSCALE_ARCSEC, brickname_for, load_bricks_table
 from dhs_spark.survey.coadds import coadd_file_name
 from dhs_spark.survey.mock import build_mock_survey
@@ -253,7 +254,7 @@ def _check_planted_flux(on, null, cat):
             np.testing.assert_allclose(la.flux_nmgy, row[["flux_g_nmgy", "flux_r_nmgy", "flux_z_nmgy"]].to_numpy(float), rtol=1e-12)
             stamp, x0, y0 = lk.render_lookalike(la, row["x_pix"], row["y_pix"], fwhm)
             for k in range(3):
-                lk._add_clipped(model[k], stamp[k], x0, y0)
+                mock_module._add(model[k], stamp[k], x0, y0)
         good = invvar > 0
         assert (diff[~good] == 0).all(), "no-data pixels stay 0"
         sigma = 1.0 / np.sqrt(np.where(good, invvar, np.inf))
