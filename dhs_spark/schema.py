@@ -241,4 +241,6 @@ SCORE_COLUMNS: tuple[Column, ...] = (
     Column("source_tag", STR, "what was scored: 'stamps', 'parent', or the row's hard_neg_source where the stamps have that column", False),
     Column("checkpoint_sha256", STR, "sha256 (hex) of the checkpoint file's bytes", False),
     Column("score", F64, "sigmoid probability in [0, 1] of the checkpoint's model (float32 forward pass after the checkpoint's preprocessing, stored as float64 as by dhs-score)", False),
+    Column("is_control", BOOL, "the stamp's is_control (as dhs-score writes it); null for parent rows and stamps without the column"),
+    Column("is_null_injection", BOOL, "the stamp's is_null_injection; null for parent rows and stamps without the column (with label and source_tag, what lets dhs hardneg collect prove a row real)"),
 )

@@ -65,7 +65,7 @@ STAGE = "score"
 SCORE_INPUTS = ("stamps", "parent")
 #: The stamp columns read in ``stamps`` mode (the others are left on disk).
 REQUIRED_STAMP_COLUMNS = ("task_id", "ra", "dec", "image", "n_bands", "stamp_size")
-OPTIONAL_STAMP_COLUMNS = ("brickname", "label", "split", "hard_neg_source")
+OPTIONAL_STAMP_COLUMNS = ("brickname", "label", "split", "hard_neg_source", "is_control", "is_null_injection")
 #: What a task returns: the score columns (score null for a reject) and the reject's reason/detail.
 OUTPUT_COLUMNS: tuple[Column, ...] = tuple(dataclasses.replace(c, nullable=True) if c.name == "score" else c for c in SCORE_COLUMNS) + (
     Column("reason", pa.string(), "reject reason (null for a scored row)"),
@@ -199,6 +199,8 @@ def _stamp_rows(batch: pa.RecordBatch, params: ScoreParams) -> tuple[dict, np.nd
         "label": _column(batch, "label", pa.int32()),
         "split": _column(batch, "split", pa.string()),
         "source_tag": pc.fill_null(_column(batch, "hard_neg_source", pa.string()), "stamps"),
+        "is_control": _column(batch, "is_control", pa.bool_()),
+        "is_null_injection": _column(batch, "is_null_injection", pa.bool_()),
     }
     first = meta["task_id"][0].as_py() if batch.num_rows else None
     images = decode_image_column(batch.column(batch.schema.get_field_index("image")), batch.column(batch.schema.get_field_index("n_bands")).to_numpy(),

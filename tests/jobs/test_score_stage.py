@@ -78,6 +78,18 @@ def test_stamp_scores_equal_dhs_score(scored, tmp_path):
     assert m.score.std() > 1e-4, "the model separates stamps (a constant score would make the equality vacuous)"
 
 
+def test_the_stage_table_lets_mining_prove_label_0_stamps_real(scored):
+    """With is_control and is_null_injection carried over, hardneg's rule proves every control
+    real and drops injected positives and null injections: none is left unproven."""
+    from dhs_spark.hardneg import real_score_rows
+
+    got = scored["runs"][3]
+    real, counts = real_score_rows(got, "stage scores", allow_injected=True)
+    assert counts["model_fp_dropped_unproven"] == 0
+    assert np.array_equal(real, got.is_control.to_numpy(bool)), "the real rows are exactly the controls here"
+    assert counts["model_fp_dropped_injected_positives"] == int((got.label == 1).sum()) > 0
+
+
 def test_scores_are_the_same_bytes_for_1_and_3_partitions(scored):
     a, b = scored["runs"][1], scored["runs"][3]
     assert a.task_id.tolist() == b.task_id.tolist()
@@ -88,8 +100,8 @@ def test_score_rows_carry_identity_checkpoint_and_schema(scored):
     got, stamps = scored["runs"][3], scored["stamps"]
     sha = hashlib.sha256(scored["ckpt"].read_bytes()).hexdigest()
     assert (got.checkpoint_sha256 == sha).all() and (got.source_tag == "stamps").all()
-    m = got.merge(stamps[["task_id", "ra", "dec", "brickname", "label", "split"]], on="task_id", suffixes=("", "_stamp"))
-    for col in ("ra", "dec", "brickname", "label", "split"):
+    m = got.merge(stamps[["task_id", "ra", "dec", "brickname", "label", "split", "is_control", "is_null_injection"]], on="task_id", suffixes=("", "_stamp"))
+    for col in ("ra", "dec", "brickname", "label", "split", "is_control", "is_null_injection"):
         assert (m[col].astype(str) == m[f"{col}_stamp"].astype(str)).all(), f"score column {col} differs from the stamp's"
     assert ((got.score > 0) & (got.score < 1)).all()
     part = next((scored["exp"] / "score" / "stamps" / "scores").glob("*.parquet"))
@@ -124,9 +136,9 @@ def test_parent_mode_scores_every_selected_lrg_or_records_why(scored, survey):  
 def test_parent_cutouts_score_as_4c_controls_and_take_4a_splits(scored):
     """A parent row is cut like a 4c control: same pixels, so the same score bytes; and 4a's split."""
     s, stamps, manifest = scored["parent_scores"], scored["runs"][3], scored["manifest"]
-    controls = stamps.merge(scored["stamps"][["task_id", "is_control"]], on="task_id")
+    controls = stamps.drop(columns=["is_control", "is_null_injection"]).merge(scored["stamps"][["task_id", "is_control"]], on="task_id")
     controls = controls[controls.is_control]
-    m = controls.merge(s, on=["ra", "dec"], suffixes=("_ctl", "_parent"))
+    m = controls.merge(s.drop(columns=["is_control", "is_null_injection"]), on=["ra", "dec"], suffixes=("_ctl", "_parent"))
     assert len(m) >= 5 and len(m) == len(controls), "every 4c control host is a scored parent row"
     assert np.array_equal(m.score_ctl.to_numpy(), m.score_parent.to_numpy()), "parent cutout == 4c control cutout, scored alike"
     hosts = manifest.drop_duplicates(["ra", "dec"])[["ra", "dec", "split"]]
