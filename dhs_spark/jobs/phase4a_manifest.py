@@ -426,11 +426,10 @@ def brick_frame(spark, inputs):
     return bricks[brick_cols]
 
 
-def host_frame(spark, inputs, cfg, tier: str, debug_hosts: int):
-    """Spark DataFrame of hosts (HOST_COLUMNS): parent sample joined to the bricks table."""
-
+def host_frame(spark, inputs, cfg, tier: str, debug_hosts: int, bricks=None):
+    """Spark DataFrame of hosts (HOST_COLUMNS): parent sample joined to the bricks table
+    (``bricks``: :func:`brick_frame`'s table when the caller has read it already)."""
     from pyspark.sql import functions as F
-
 
     if not inputs.parent_sample or not inputs.bricks_table:
         raise InputDataError("4a needs --parent-sample and --bricks-table (or --mock-survey)")
@@ -448,7 +447,7 @@ def host_frame(spark, inputs, cfg, tier: str, debug_hosts: int):
     for col in ("brickname", "ra", "dec"):
         if col not in parent.columns:
             raise InputDataError(f"{inputs.parent_sample}: parent sample has no {col!r} column (columns: {parent.columns})")
-    bricks_df = spark.createDataFrame(brick_frame(spark, inputs))
+    bricks_df = spark.createDataFrame(brick_frame(spark, inputs) if bricks is None else bricks)
     # Optional host columns (Tractor sweep names, lower-cased): null when the parent sample lacks them.
     renames = {"flux_g": "flux_g", "flux_r": "flux_r", "flux_z": "flux_z", "flux_w1": "flux_w1", "shape_r": "shape_r_arcsec",
                "shape_e1": "shape_e1", "shape_e2": "shape_e2"}  # fmt: skip
@@ -479,7 +478,8 @@ def host_frame(spark, inputs, cfg, tier: str, debug_hosts: int):
 def produce(spark, cfg, paths: P.ExperimentPaths, inputs, opts, staging: str) -> dict:
     """Write the manifest and its CSV summary into ``staging``; return the counts."""
     params = manifest_params(cfg, opts.tier)
-    hosts = host_frame(spark, inputs, cfg, opts.tier, opts.debug_hosts)
+    bricks = brick_frame(spark, inputs) if inputs.bricks_table else None  # read once: hosts and hard negatives
+    hosts = host_frame(spark, inputs, cfg, opts.tier, opts.debug_hosts, bricks)
 
     # Bound the rows built per yield: a host expands to n_replicates x (cells + 1) rows, and a
     # whole Arrow batch of hosts at once held ~11 KB per row in the (reused) Python worker.
@@ -497,13 +497,11 @@ def produce(spark, cfg, paths: P.ExperimentPaths, inputs, opts, staging: str) ->
     n_parts = int(opts.partitions) if opts.partitions else 2 * spark.sparkContext.defaultParallelism
     manifest = hosts.repartition(n_parts, "brickname", "ra", "dec").mapInPandas(expand, spark_schema(MANIFEST_COLUMNS))
     hard_negative_counts = {}
-    if inputs.hard_negative_catalogs:
-        bricks = brick_frame(spark, inputs)
-        for spec in inputs.hard_negative_catalogs:
-            rows, hard_negative_counts[spec.tag] = hard_negative_rows(_read_table(spark, P.to_uri(spec.uri)).toPandas(), bricks, params, spec)
-            log.info("4a hard negatives %s (%s, weight %g): %s", spec.tag, spec.uri, spec.weight, hard_negative_counts[spec.tag])
-            if len(rows):
-                manifest = manifest.unionByName(spark.createDataFrame(rows, schema=spark_schema(MANIFEST_COLUMNS)))
+    for spec in inputs.hard_negative_catalogs:
+        rows, hard_negative_counts[spec.tag] = hard_negative_rows(_read_table(spark, P.to_uri(spec.uri)).toPandas(), bricks, params, spec)
+        log.info("4a hard negatives %s (%s, weight %g): %s", spec.tag, spec.uri, spec.weight, hard_negative_counts[spec.tag])
+        if len(rows):
+            manifest = manifest.unionByName(spark.createDataFrame(rows, schema=spark_schema(MANIFEST_COLUMNS)))
     out = P.join(staging, "manifest")
     manifest.write.mode("overwrite").parquet(out)
     written = spark.read.schema(spark_schema(MANIFEST_COLUMNS)).parquet(out)

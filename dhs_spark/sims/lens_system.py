@@ -76,8 +76,7 @@ def galaxy_splits(idents, mags, split_fractions, salt: str = "source-split-v2") 
 
     Galaxies are taken brightest first (``mags``, AB: the pools pass each galaxy's magnitude at
     the population's median source redshift, :func:`mags_at_redshift`; NaN last; ties by hash)
-    and each goes to the
-    split furthest below its share ``split_fractions`` ((name, fraction) pairs) of the galaxies so
+    and each goes to the split furthest below its share ``split_fractions`` ((name, fraction) pairs) of the galaxies so
     far (ties broken by hash(salt, ident, split)): a stratified split. A plain hash of the ident
     is representative only for large libraries; on the demo's 10-galaxy library it gave val one
     galaxy and test two of the three faintest, whose arcs were mostly invisible (issue 14). The
@@ -115,12 +114,11 @@ def mags_at_redshift(idents, mag_f814w, zphot, z_reference: float, cosmology) ->
                                               cosmology=cosmology)["source_r_mag"] for i, m, z in zip(idents, mag_f814w, zphot)])  # fmt: skip
 
 
-def cosmos_pool(meta: dict, split_fractions, z_reference: Optional[float] = None, cosmology=None) -> SourcePool:
+def cosmos_pool(meta: dict, split_fractions, z_reference: float, cosmology) -> SourcePool:
     """A :class:`SourcePool` from COSMOS library metadata (arrays ident, mag, zphot,
     half_light_radius_arcsec), each galaxy in the split of :func:`galaxy_splits`, stratified by
-    its magnitude at ``z_reference`` (:func:`mags_at_redshift`; the catalogue magnitude when None)."""
-    mags = meta["mag"] if z_reference is None else mags_at_redshift(meta["ident"], meta["mag"], meta["zphot"], z_reference, cosmology)
-    splits = galaxy_splits(meta["ident"], mags, split_fractions)
+    its magnitude at ``z_reference`` (:func:`mags_at_redshift`)."""
+    splits = galaxy_splits(meta["ident"], mags_at_redshift(meta["ident"], meta["mag"], meta["zphot"], z_reference, cosmology), split_fractions)
     pools = {}
     for name, _ in split_fractions:
         sel = splits == name
@@ -128,10 +126,10 @@ def cosmos_pool(meta: dict, split_fractions, z_reference: Optional[float] = None
     return SourcePool("cosmos", cosmos=pools)
 
 
-def parametric_pool(catalog: ParametricCatalog, split_fractions, z_reference: Optional[float] = None, cosmology=None) -> SourcePool:
+def parametric_pool(catalog: ParametricCatalog, split_fractions, z_reference: float, cosmology) -> SourcePool:
     """A :class:`SourcePool` of the parametric catalogue's rows, split by :func:`galaxy_splits`
     (stratified as in :func:`cosmos_pool`)."""
-    mags = catalog.mag_f814w if z_reference is None else mags_at_redshift(catalog.ident, catalog.mag_f814w, catalog.zphot, z_reference, cosmology)
+    mags = mags_at_redshift(catalog.ident, catalog.mag_f814w, catalog.zphot, z_reference, cosmology)
     splits = galaxy_splits(catalog.ident, mags, split_fractions)
     pools = {}
     for name, _ in split_fractions:
