@@ -84,7 +84,7 @@ def list_parquet_files(path: str) -> tuple[object, list[str]]:
     return fs, files
 
 
-def _hive_value(file_path: str, key: str) -> str | None:
+def hive_value(file_path: str, key: str) -> str | None:
     """The value of a hive-style ``key=value`` directory in ``file_path`` (None when absent)."""
     for part in file_path.split("/")[:-1]:
         if part.startswith(f"{key}="):
@@ -166,7 +166,7 @@ class StampIndex:
                 offset += n
             cols = [c for c in (*INDEX_COLUMNS, *HARD_NEG_COLUMNS) if c in names]
             table = pf.read(columns=cols)
-            hive_split = _hive_value(f, COL.split)
+            hive_split = hive_value(f, COL.split)
             hard_parts.append(_hard_negative_columns(table, names))
             for c in INDEX_COLUMNS:
                 if c == COL.is_null_injection:

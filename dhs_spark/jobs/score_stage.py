@@ -427,7 +427,7 @@ def _stamp_units(uri: str, opts, in_channels: int, stamp_size: int) -> list[dict
     statistics of n_bands and stamp_size, the two columns themselves where a file has none)."""
     import pyarrow.parquet as pq
 
-    from trainer.data import _hive_value, list_parquet_files
+    from trainer.data import hive_value, list_parquet_files
 
     fs, files = list_parquet_files(uri)
     units = []
@@ -440,7 +440,7 @@ def _stamp_units(uri: str, opts, in_channels: int, stamp_size: int) -> list[dict
         missing = [c for c in REQUIRED_STAMP_COLUMNS if c not in names]
         if missing:
             raise InputDataError(f"{f}: stamps lack columns {missing} needed for scoring (have {names})")
-        split = _hive_value(f, "split")
+        split = hive_value(f, "split")
         if opts.score_split and "split" not in names and split is None:
             raise InputDataError(f"{f}: --score-split {opts.score_split} given, but the stamps have no split column or split=... directory")
         for rg in range(pf.num_row_groups):
