@@ -367,7 +367,7 @@ def _performance(summary: dict) -> Section:
     fpr_rows = [[k, e["tpr"], e["threshold"], e["n_negatives"], e["n_positives"], _yes(e["below_resolution"])] for k, e in test["tpr_at_fpr"].items()]
     epoch_rows = [[e["epoch"], e.get("lr"), e.get("train_loss"), e.get("val_loss"), e.get("val_auroc")] for e in train["epochs"]]
     sec = Section("Synthetic performance (test split)", paragraphs=[
-        f"SYNTHETIC: injected COSMOS arcs vs unlensed hosts of the held-out test split ({test['n_positives']} positives, {test['n_negatives']} "
+        f"SYNTHETIC: injected COSMOS arcs vs every label-0 stamp of the held-out test split (controls, null injections, look-alikes) ({test['n_positives']} positives, {test['n_negatives']} "
         f"negatives), scored by the model of the best epoch ({train['best']['epoch']}). These numbers say how well the model separates this "
         "simulation, not how it does on the sky: see the anchors below.",
         "below_resolution = True where there are fewer than 1/fpr negatives: the TPR there is an interpolation between ROC points, a bound rather "
